@@ -1,0 +1,10 @@
+"""defenses: victim models trained on protected data, and the breakers that undo protection.
+
+Public sub-modules:
+    defenses.models    Flax (linen) victims in a registry (MODELS)
+    defenses.train     one training/evaluation loop for any victim
+    defenses.breakers  registry of defenses (BREAKERS), composable with '+'
+    defenses.evaluate  the command line (`python -m defenses.evaluate`)
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,143 @@
+"""`python -m defenses.evaluate`: train victims on protected data and measure what each breaker recovers.
+
+Examples::
+
+    # after `python -m ntga.generate --dataset digits --out runs/digits-ntga`
+    python -m defenses.evaluate --poisons runs/digits-ntga --breakers none,bdr@bits=1,ueraser
+    # the paper's victims, 50 epochs at batch 64, on an MNIST poison
+    python -m defenses.evaluate --poisons runs/mnist-fnn --model fnn,fnn-relu,cnn --epochs 50 --batch-size 64
+    # clean-only: what the victims reach on unprotected data (and what a breaker costs)
+    python -m defenses.evaluate --dataset digits --breakers none,grayscale,jpeg
+
+All logic lives in :mod:`defenses.evaluation`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shlex
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from defenses.breakers import describe_breakers
+from defenses.models import MODELS
+from ntga.data import add_dataset_args
+from ntga.errors import UserInputError, run_cli
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m defenses.evaluate",
+        description="Train victim models on clean data, on a poison directory (from `python -m ntga.generate`) "
+        "and on the poisons with each breaker applied; report final and peak test accuracy per condition "
+        "(mean ± std over seeds) and the share of the poison's accuracy gap each breaker recovers. Writes "
+        "results.json (after every run), results.md and two PNG figures.",
+        epilog="victims (--model):\n" + "\n".join(f"  {n:<12} {s.description}" for n, s in MODELS.items())
+        + "\n\nbreakers (--breakers a,b+c,d@key=value):\n"
+        + "\n".join(f"  {line}" for line in describe_breakers().splitlines()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--poisons", metavar="DIR", default=None,
+                   help="poison directory to evaluate; its source dataset is reloaded from the manifest and "
+                   "checked by content hash (without --poisons: clean-only runs on --dataset)")
+    add_dataset_args(p)
+    p.set_defaults(dataset=None)
+    for action in p._actions:  # the shared flag's help assumes a fixed default
+        if action.dest == "dataset":
+            action.help = ("dataset spec (default: with --poisons the one recorded in the poison manifest, "
+                           "e.g. for a moved copy of the same data; otherwise digits)")
+    g = p.add_argument_group("what to train")
+    g.add_argument("--model", default="small-cnn", metavar="A[,B...]",
+                   help=f"victims, comma-separated: {', '.join(MODELS)} (default: small-cnn)")
+    g.add_argument("--breakers", default="none", metavar="SPECS",
+                   help="comma-separated breakers, composed with '+', options as name@key=value "
+                   "(default: none; clean and poisoned baselines are always trained)")
+    g.add_argument("--breakers-on-clean", action="store_true",
+                   help="also train each breaker on the clean images (what the breaker itself costs)")
+    g.add_argument("--seeds", type=_positive, default=3,
+                   help="runs per (victim, condition); seed s trains with key --seed + s (default: 3)")
+    g.add_argument("--model-opt", action="append", default=[], metavar="[MODEL:]KEY=VALUE",
+                   help="victim override, repeatable, e.g. width=16, small-cnn:width=8, resnet18:dtype=bfloat16")
+    t = p.add_argument_group("training recipe (default: each victim's own, see defenses.models)")
+    t.add_argument("--epochs", type=_positive, default=30, help="training epochs (default: 30)")
+    t.add_argument("--batch-size", type=_positive, default=128, help="batch size (default: 128)")
+    t.add_argument("--optimizer", default=None, choices=("sgd", "adam"))
+    t.add_argument("--lr", type=float, default=None, help="peak learning rate")
+    t.add_argument("--momentum", type=float, default=None, help="SGD momentum")
+    t.add_argument("--weight-decay", type=float, default=None, help="coupled L2 weight decay")
+    t.add_argument("--schedule", default=None, choices=("cosine", "constant"))
+    t.add_argument("--loss", default=None, choices=("ce", "mse"))
+    t.add_argument("--augment", default=None, action=argparse.BooleanOptionalAction,
+                   help="random crop + flip of the training batches")
+    t.add_argument("--eval-every", type=_positive, default=1,
+                   help="evaluate the test set every N epochs and after the last (default: 1)")
+    o = p.add_argument_group("output")
+    o.add_argument("--out", default=None, metavar="DIR",
+                   help="results directory (default: POISONS/eval, or runs/eval-<dataset> without --poisons)")
+    o.add_argument("--resume", action="store_true",
+                   help="continue OUT/results.json: runs already there are skipped (settings must be identical)")
+    o.add_argument("--no-progress", action="store_true", help="no per-epoch progress bars")
+    return p
+
+
+def default_out(args: argparse.Namespace) -> Path:
+    if args.poisons is not None:
+        return Path(args.poisons) / "eval"
+    kind, _, arg = args.dataset.partition(":")
+    name = Path(arg.rstrip("/")).name if arg else kind
+    return Path("runs") / f"eval-{re.sub(r'[^A-Za-z0-9._-]+', '-', name) or kind}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from defenses.breakers import parse_breakers
+    from defenses.evaluation import (evaluate, load_clean, load_poisoned, make_conditions, make_victims,
+                                     markdown_tables, parse_model_opts)
+    from defenses.train import TrainConfig
+    from ntga.data import split_from_args
+
+    # Everything that can be checked without data is checked first, then the data, then the
+    # victims against the data (inside evaluate), all before any training.
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
+                         momentum=args.momentum, weight_decay=args.weight_decay, schedule=args.schedule,
+                         augment=args.augment, loss=args.loss, eval_every=args.eval_every)
+    models = [m.strip() for m in args.model.split(",")]
+    victims = make_victims(models, parse_model_opts(args.model_opt, models), config)
+    breakers = parse_breakers(args.breakers)
+    if args.poisons is not None:
+        for flag, value in (("--train-size", args.train_size), ("--target-size", args.target_size)):
+            if value is not None:
+                raise UserInputError(f"{flag} does not apply with --poisons: the poison directory fixes the "
+                                     "training images (use --test-size to subsample the test set)")
+        data = load_poisoned(args.poisons, dataset=args.dataset, test_size=args.test_size, seed=args.seed,
+                             cache_dir=args.cache_dir, use_cache=not args.no_cache)
+    else:
+        args.dataset = args.dataset or "digits"
+        data = load_clean(split_from_args(args))
+    conditions = make_conditions(breakers, poisoned=data.poisoned, breakers_on_clean=args.breakers_on_clean)
+    out = Path(args.out) if args.out else default_out(args)
+    command = "python -m defenses.evaluate " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None
+                                                                               else argv))
+    outcome = evaluate(data, victims, conditions, config=config, seeds=args.seeds, base_seed=args.seed, out=out,
+                       resume=args.resume, progress=not args.no_progress, extra_info={"command": command})
+    print()
+    print(markdown_tables(outcome.results))
+    files = ", ".join(["results.json", "results.md", *outcome.figures])
+    print(f"wrote {outcome.out}: {files} ({outcome.trained} run(s) trained)")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main, sys.argv[1:])

@@ -1,0 +1,115 @@
+"""The evaluation behind `python -m defenses.evaluate`, callable from Python.
+
+``evaluate(data, victims, conditions, ...)`` checks every victim against the
+data before any training, opens (or resumes) ``OUT/results.json``, trains the
+missing runs (saving results.json and results.md after each one) and finally
+writes the figures and the complete report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+
+from defenses.train import TrainConfig
+from ntga.errors import UserInputError
+
+from . import figures
+from .inputs import EvalData
+from .report import library_versions, markdown
+from .runs import Condition, Victim, check_victim, run_all
+from .store import ResultsStore
+
+REPORT = "results.md"
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _device() -> str:
+    devices = jax.devices()
+    return f"{len(devices)} x {devices[0].platform} ({devices[0].device_kind})"
+
+
+def _breaker_info(conditions: Sequence[Condition]) -> dict[str, Any]:
+    info = {}
+    for c in conditions:
+        b = c.breaker
+        if b is not None:
+            info[b.spec] = {"description": b.description, "source": b.source, "touches": list(b.touches),
+                            "options": {k: v for k, v in b.options.items()}}
+    return info
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """What :func:`evaluate` produced."""
+
+    out: Path
+    results: dict[str, Any]
+    markdown: str
+    figures: list[str]
+    trained: int
+
+
+def evaluate(data: EvalData, victims: Sequence[Victim], conditions: Sequence[Condition], *, config: TrainConfig,
+             seeds: int, base_seed: int, out: str | Path, resume: bool = False, progress: bool = True,
+             extra_info: Mapping[str, Any] | None = None, log: Callable[[str], None] = print) -> Outcome:
+    """Trains every (victim, condition, seed) and writes results.json, results.md and the figures.
+
+    Args:
+        data: ``inputs.load_poisoned(...)`` or ``inputs.load_clean(...)``.
+        victims: ``runs.make_victims(...)``; each is checked against the data first.
+        conditions: ``runs.make_conditions(...)``.
+        config: the training recipe as given (None fields = each victim's default).
+        seeds: runs per (victim, condition).
+        base_seed: seed s trains with ``jax.random.key(base_seed + s)``.
+        out: results directory.
+        resume: continue ``out/results.json`` (identical settings), skipping finished runs.
+        progress: per-epoch progress bars.
+        extra_info: more descriptive fields for results.json (e.g. the command line).
+        log: where progress lines go.
+
+    Raises:
+        UserInputError: a victim that cannot take the images, results that exist without
+            ``resume``, or ``resume`` with different settings. Nothing is trained before these checks.
+    """
+    if seeds < 1:
+        raise UserInputError(f"--seeds must be at least 1, got {seeds}")
+    for victim in victims:
+        check_victim(victim, data.image_shape, data.num_classes, len(data.x_clean))
+    settings = {**data.identity, "base_seed": int(base_seed), "train_config": dataclasses.asdict(config)}
+    plan = {"models": [v.name for v in victims], "conditions": [c.to_json() for c in conditions], "seeds": seeds}
+    info = {"data": data.describe, "poison_manifest": data.poison_manifest,
+            "models": {v.name: v.to_json() for v in victims}, "breakers": _breaker_info(conditions),
+            "library_versions": library_versions(), "device": _device(), **(extra_info or {})}
+    store = ResultsStore.open(out, settings=settings, plan=plan, info=info, resume=resume)
+    out = store.path.parent
+    skipped = sum(store.done(v.name, c.id, s) for v in victims for c in conditions for s in range(seeds))
+    if skipped:
+        log(f"resuming {store.path}: {skipped} finished run(s) skipped")
+
+    def save(record: dict[str, Any]) -> None:
+        store.add(record)
+        write_text_atomic(out / REPORT, markdown(store.results()))
+
+    trained = run_all(data, victims, conditions, seeds, base_seed, done=store.done, save=save,
+                      progress=progress, log=log)
+    results = store.results()
+    names = figures.write_figures(results, out)
+    text = markdown(results, names)
+    write_text_atomic(out / REPORT, text)
+    return Outcome(out=out, results=results, markdown=text, figures=names, trained=trained)

@@ -1,0 +1,178 @@
+"""``results.json``: written after every finished run (atomically), resumable.
+
+The file holds the settings every run depends on (data identity, training
+recipe, model options, base seed), the plan (victims, conditions, seed
+count), every finished run and the aggregated summary. ``complete`` is true
+only once every planned run is in it, so a killed evaluation never looks
+finished. ``--resume`` reopens it: the settings must be identical (otherwise
+the runs would not be comparable), the plan may grow (more seeds, victims or
+breakers), and runs already present are skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping
+
+from ntga.errors import UserInputError
+
+from .report import summarize
+
+RESULTS = "results.json"
+FORMAT = "defenses.evaluate/1"
+_MODEL_KEYS = ("train_config", "model_opts")  # per-victim settings a resumed run must share
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _canonical(value: Any) -> Any:
+    """What the value looks like after a JSON round trip (tuples -> lists), for comparisons."""
+    return json.loads(json.dumps(value, allow_nan=False))
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """Writes JSON to a temporary file in the same directory, then renames it over ``path``."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(payload, f, indent=1, allow_nan=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _merge_list(old: list, new: list, key=lambda v: v) -> list:
+    seen = {key(v) for v in old}
+    return list(old) + [v for v in new if key(v) not in seen]
+
+
+def _differences(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: {a!r} before, {b!r} now")
+    return out
+
+
+class ResultsStore:
+    """The results of one evaluation directory, kept in memory and mirrored to ``results.json``.
+
+    Create with :meth:`open`; :meth:`add` a finished run and it is on disk.
+    """
+
+    def __init__(self, path: Path, payload: dict[str, Any]):
+        self.path = path
+        self.payload = payload
+        self._done = {(r["model"], r["condition"], r["seed"]) for r in payload["runs"]}
+
+    @classmethod
+    def open(cls, out: str | Path, *, settings: Mapping[str, Any], plan: Mapping[str, Any],
+             info: Mapping[str, Any], resume: bool) -> "ResultsStore":
+        """Starts ``out/results.json``, or continues it with ``resume``.
+
+        Args:
+            out: the results directory (created).
+            settings: everything a run's outcome depends on besides (model, condition, seed).
+            plan: ``{"models": [...], "conditions": [Condition.to_json()...], "seeds": N}``.
+            info: descriptive fields (data, poison_manifest, models, breakers, library versions, ...),
+                refreshed on every write.
+            resume: continue an existing file (settings must be identical).
+
+        Raises:
+            UserInputError: results exist without ``resume``; ``resume`` with different settings or an
+                unreadable file.
+        """
+        out = Path(out)
+        if out.exists() and not out.is_dir():
+            raise UserInputError(f"--out {out} exists and is not a directory")
+        path = out / RESULTS
+        settings, plan, info = _canonical(settings), _canonical(plan), _canonical(info)
+        if path.exists() and not resume:
+            raise UserInputError(f"{path} already exists; pass --resume to continue it with the same settings, "
+                                 "or choose another --out")
+        if resume and path.exists():
+            try:
+                old = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+                raise UserInputError(f"cannot resume: {path} is not readable JSON ({err})") from None
+            if not isinstance(old, dict) or old.get("format") != FORMAT or not isinstance(old.get("runs"), list):
+                raise UserInputError(f"cannot resume: {path} is not a {FORMAT} results file")
+            diff = _differences(old.get("settings", {}), settings)
+            if diff:
+                raise UserInputError(f"cannot resume {path}: it was made with different settings ("
+                                     + "; ".join(diff[:5]) + ("; ..." if len(diff) > 5 else "")
+                                     + "). Use the same settings, or another --out")
+            # A victim already in the file must be trained the same way as before.
+            for model, new_info in info.get("models", {}).items():
+                old_info = old.get("models", {}).get(model)
+                if old_info is None:
+                    continue
+                diff = _differences({k: old_info.get(k) for k in _MODEL_KEYS}, {k: new_info.get(k) for k in _MODEL_KEYS},
+                                    f"{model}.")
+                if diff:
+                    raise UserInputError(f"cannot resume {path}: {model} was trained with different settings ("
+                                         + "; ".join(diff[:5]) + "). Use the same settings, or another --out")
+            merged = {
+                "models": _merge_list(old["plan"]["models"], plan["models"]),
+                "conditions": _merge_list(old["plan"]["conditions"], plan["conditions"], key=lambda c: c["id"]),
+                "seeds": max(old["plan"]["seeds"], plan["seeds"]),
+            }
+            info = {**info, "models": {**old.get("models", {}), **info.get("models", {})},
+                    "breakers": {**old.get("breakers", {}), **info.get("breakers", {})}}
+            payload = {**old, **info, "plan": merged, "created": old.get("created", _now())}
+        else:
+            out.mkdir(parents=True, exist_ok=True)
+            payload = {"format": FORMAT, "complete": False, "created": _now(), **info,
+                       "settings": settings, "plan": plan, "runs": []}
+        store = cls(path, payload)
+        store.save()
+        return store
+
+    @property
+    def plan(self) -> dict[str, Any]:
+        return self.payload["plan"]
+
+    @property
+    def num_planned(self) -> int:
+        plan = self.plan
+        return len(plan["models"]) * len(plan["conditions"]) * plan["seeds"]
+
+    def done(self, model: str, condition: str, seed: int) -> bool:
+        return (model, condition, seed) in self._done
+
+    @property
+    def complete(self) -> bool:
+        plan = self.plan
+        return all(self.done(m, c["id"], s) for m in plan["models"] for c in plan["conditions"]
+                   for s in range(plan["seeds"]))
+
+    def add(self, record: Mapping[str, Any]) -> None:
+        """Adds one finished run and rewrites results.json."""
+        key = (record["model"], record["condition"], record["seed"])
+        if key in self._done:
+            raise ValueError(f"run {key} is already recorded")
+        self.payload["runs"].append(_canonical(dict(record)))
+        self._done.add(key)
+        self.save()
+
+    def results(self) -> dict[str, Any]:
+        """The payload with a fresh summary and completion flag."""
+        plan = self.plan
+        self.payload.update(
+            complete=self.complete, updated=_now(), num_planned_runs=self.num_planned,
+            summary=summarize(self.payload["runs"], plan["models"], plan["conditions"]))
+        return self.payload
+
+    def save(self) -> None:
+        write_json_atomic(self.path, self.results())

@@ -1,0 +1,164 @@
+"""Configs, results, losses and the breaker hooks of the victim trainer.
+
+The hook contract (what a breaker's functions receive and must return) is
+documented in :mod:`defenses.train`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ntga.errors import UserInputError
+
+from ..models import ModelSpec
+
+Array = jax.Array
+LossFn = Callable[[Array, Array], Array]
+InputLoss = Callable[..., Array]
+
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("cosine", "constant")
+
+
+def cross_entropy(logits: Array, targets: Array) -> Array:
+    """Softmax cross-entropy per example; logits and targets [B, k] -> [B]."""
+    return -jnp.sum(targets * jax.nn.log_softmax(logits, axis=-1), axis=-1)
+
+
+def mean_squared_error(logits: Array, targets: Array) -> Array:
+    """Mean over classes of the squared error (Keras' MSE, as the reference used); [B, k] -> [B]."""
+    return jnp.mean(jnp.square(logits - targets), axis=-1)
+
+
+LOSSES: dict[str, LossFn] = {"ce": cross_entropy, "mse": mean_squared_error}
+
+
+def _check_choice(what: str, value: Any, accepted: Sequence[str]) -> None:
+    if value is not None and value not in accepted:
+        raise UserInputError(f"unknown {what} {value!r}; accepted: {', '.join(accepted)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """How to train a victim; ``None`` fields take the model's default recipe.
+
+    Attributes:
+        epochs: passes over the training set.
+        batch_size: training batch size (the last partial batch is dropped).
+        optimizer: "sgd" | "adam" | None.
+        lr: peak learning rate.
+        momentum: SGD momentum (0 = plain SGD).
+        weight_decay: coupled L2 weight decay.
+        schedule: "cosine" (to 0 over all steps) | "constant" | None.
+        augment: random crop + horizontal flip.
+        loss: "ce" | "mse" | None.
+        standardize: per-channel standardisation with training-set statistics.
+        eval_every: evaluate the test set every this many epochs (and after the last).
+    """
+
+    epochs: int = 30
+    batch_size: int = 128
+    optimizer: str | None = None
+    lr: float | None = None
+    momentum: float | None = None
+    weight_decay: float | None = None
+    schedule: str | None = None
+    augment: bool | None = None
+    loss: str | None = None
+    standardize: bool = True
+    eval_every: int = 1
+
+    def __post_init__(self):
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check_choice("schedule", self.schedule, SCHEDULES)
+        _check_choice("loss", self.loss, tuple(LOSSES))
+        for name in ("epochs", "batch_size", "eval_every"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or value < 1:
+                raise UserInputError(f"{name} must be a positive integer, got {value!r}")
+        if self.lr is not None and not self.lr > 0:
+            raise UserInputError(f"lr must be > 0, got {self.lr}")
+        if self.momentum is not None and not 0 <= self.momentum < 1:
+            raise UserInputError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.weight_decay is not None and not self.weight_decay >= 0:
+            raise UserInputError(f"weight_decay must be >= 0, got {self.weight_decay}")
+
+    def resolved(self, spec: ModelSpec) -> "TrainConfig":
+        """A copy with every ``None`` replaced by ``spec``'s default."""
+        defaults = dict(optimizer=spec.optimizer, lr=spec.lr, momentum=spec.momentum,
+                        weight_decay=spec.weight_decay, schedule=spec.schedule,
+                        augment=spec.augment, loss=spec.loss)
+        return dataclasses.replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainHooks:
+    """Extension points applied inside the jitted train step (contract in the module docstring).
+
+    Attributes:
+        batch_transform: ``(key, x [B,H,W,C] pixel units, y int [B]) -> (x, y int [B] | soft [B,k])``.
+        adversarial: ``(key, input_loss, x, y) -> x`` with
+            ``input_loss(x, y, train=True) -> per-example loss [B]``.
+        loss_fn: ``(logits [B,k], targets [B,k]) -> per-example loss [B]``, replacing the configured loss.
+    """
+
+    batch_transform: Callable[[Array, Array, Array], tuple[Array, Array]] | None = None
+    adversarial: Callable[[Array, InputLoss, Array, Array], Array] | None = None
+    loss_fn: LossFn | None = None
+
+
+def compose_hooks(*hooks: TrainHooks | None) -> TrainHooks:
+    """One TrainHooks running the given ones in order (at most one may set ``loss_fn``)."""
+    hooks = tuple(h for h in hooks if h is not None)
+    transforms = [h.batch_transform for h in hooks if h.batch_transform is not None]
+    adversaries = [h.adversarial for h in hooks if h.adversarial is not None]
+    losses = [h.loss_fn for h in hooks if h.loss_fn is not None]
+    if len(losses) > 1:
+        raise UserInputError(f"{len(losses)} breakers replace the loss; at most one can")
+
+    def batch_transform(key, x, y):
+        for i, fn in enumerate(transforms):
+            x, y = fn(jax.random.fold_in(key, i), x, y)
+        return x, y
+
+    def adversarial(key, input_loss, x, y):
+        for i, fn in enumerate(adversaries):
+            x = fn(jax.random.fold_in(key, i), input_loss, x, y)
+        return x
+
+    return TrainHooks(batch_transform if transforms else None, adversarial if adversaries else None,
+                      losses[0] if losses else None)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    """Outcome of one training run (accuracies in [0, 1]).
+
+    Attributes:
+        final_test_acc: test accuracy after the last epoch.
+        peak_test_acc: best test accuracy over the evaluated epochs.
+        peak_epoch: 1-based epoch of the peak.
+        test_acc_curve: [epochs] test accuracy (NaN where not evaluated).
+        train_acc_curve: [epochs] mean training-batch accuracy.
+        train_loss_curve: [epochs] mean training loss.
+        wall_time_s: wall time of the run including compilation and evaluation
+            (shared by all seeds of a vmapped ``train_many_seeds`` call).
+        images_per_s: training images per second after the first (compiling)
+            step, evaluation excluded (all seeds together when vmapped).
+        variables: the trained Flax variables (``params`` and maybe ``batch_stats``), numpy leaves.
+    """
+
+    final_test_acc: float
+    peak_test_acc: float
+    peak_epoch: int
+    test_acc_curve: np.ndarray
+    train_acc_curve: np.ndarray
+    train_loss_curve: np.ndarray
+    wall_time_s: float
+    images_per_s: float
+    variables: Any = dataclasses.field(default=None, repr=False, compare=False)

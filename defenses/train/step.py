@@ -1,0 +1,112 @@
+"""Pure step factories of the victim trainer: optimizer, train step, eval step.
+
+``make_train_step`` is where the hooks run, in the order the contract in
+:mod:`defenses.train` describes; jit it at the call site.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from ntga.errors import UserInputError
+
+from .. import augment as aug
+from ..models import ModelSpec
+from .config import LOSSES, Array, TrainConfig, TrainHooks
+
+
+def make_optimizer(cfg: TrainConfig, total_steps: int) -> optax.GradientTransformation:
+    """The optax transform of a resolved config (schedule over ``total_steps``)."""
+    if cfg.schedule == "cosine":
+        lr = optax.cosine_decay_schedule(cfg.lr, decay_steps=max(total_steps, 1))
+    else:
+        lr = cfg.lr
+    if cfg.optimizer == "sgd":
+        opt = optax.sgd(lr, momentum=cfg.momentum or None)
+    else:
+        opt = optax.adam(lr)
+    # Coupled L2 (added to the gradient before momentum), as PyTorch's SGD does.
+    return optax.chain(optax.add_decayed_weights(cfg.weight_decay), opt) if cfg.weight_decay else opt
+
+
+def _targets(y: Array, num_classes: int) -> Array:
+    """int labels [B] -> one-hot [B, k]; soft targets pass through (float32)."""
+    if y.ndim == 1:
+        return jax.nn.one_hot(y, num_classes, dtype=jnp.float32)
+    if y.shape[-1] != num_classes:
+        raise UserInputError(f"soft targets must be [B, {num_classes}], got {y.shape}")
+    return y.astype(jnp.float32)
+
+
+def make_train_step(module, spec: ModelSpec, cfg: TrainConfig, tx, num_classes: int,
+                    mean: Array, std: Array, hooks: TrainHooks | None = None):
+    """Pure ``step(state, x_all, y_all, idx [B], step_key) -> (state, (loss_sum, correct))``.
+
+    ``state`` is a dict with ``params``, ``batch_stats`` (empty without batch
+    norm), ``opt_state`` and ``step``; ``x_all`` holds the raw training images.
+    """
+    hooks = hooks or TrainHooks()
+    loss_of = hooks.loss_fn or LOSSES[cfg.loss]
+    bn = spec.batch_norm
+
+    def forward(params, batch_stats, x, train, dropout_key):
+        if cfg.standardize:
+            x = aug.standardize(x, mean, std)
+        variables = {"params": params, **({"batch_stats": batch_stats} if bn else {})}
+        # Logits are cast to float32 so losses stay exact under a bfloat16 module dtype.
+        if train and bn:
+            logits, updates = module.apply(variables, x, train=True, rngs={"dropout": dropout_key},
+                                           mutable=["batch_stats"])
+            return logits.astype(jnp.float32), updates
+        return module.apply(variables, x, train=train, rngs={"dropout": dropout_key}).astype(jnp.float32), {}
+
+    def step(state, x_all, y_all, idx, step_key):
+        k_drop, k_aug, k_hook, k_adv = jax.random.split(jax.random.fold_in(step_key, state["step"]), 4)
+        x, y = aug.to_unit_float(x_all[idx]), y_all[idx]
+        shape = x.shape
+        if cfg.augment:
+            x = aug.random_crop_flip(k_aug, x)
+        if hooks.batch_transform is not None:
+            x, y = hooks.batch_transform(k_hook, x, y)
+        if hooks.adversarial is not None:
+            frozen = jax.lax.stop_gradient((state["params"], state["batch_stats"]))
+
+            def input_loss(xi, yi, train=True):
+                logits, _ = forward(*frozen, xi.astype(jnp.float32), train, k_drop)
+                return loss_of(logits, _targets(yi, num_classes))
+
+            x = jax.lax.stop_gradient(hooks.adversarial(k_adv, input_loss, x, y))
+        if x.shape != shape:
+            raise UserInputError(f"a breaker hook changed the batch shape from {shape} to {x.shape}")
+        targets = _targets(y, num_classes)
+        x = x.astype(jnp.float32)
+
+        def objective(params):
+            logits, updates = forward(params, state["batch_stats"], x, True, k_drop)
+            return loss_of(logits, targets).mean(), (logits, updates)
+
+        (loss, (logits, updates)), grads = jax.value_and_grad(objective, has_aux=True)(state["params"])
+        changes, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        new_state = dict(params=optax.apply_updates(state["params"], changes),
+                         batch_stats=updates.get("batch_stats", state["batch_stats"]),
+                         opt_state=opt_state, step=state["step"] + 1)
+        correct = jnp.sum(jnp.argmax(logits, -1) == jnp.argmax(targets, -1))
+        return new_state, (loss * idx.shape[0], correct)
+
+    return step
+
+
+def make_eval_step(module, spec: ModelSpec, cfg: TrainConfig, mean: Array, std: Array):
+    """Pure ``eval_step(state, x [B,...] raw, y [B], mask [B] bool) -> number correct``."""
+
+    def eval_step(state, x, y, mask):
+        x = aug.to_unit_float(x)
+        if cfg.standardize:
+            x = aug.standardize(x, mean, std)
+        variables = {"params": state["params"], **({"batch_stats": state["batch_stats"]} if spec.batch_norm else {})}
+        logits = module.apply(variables, x, train=False)
+        return jnp.sum((jnp.argmax(logits, -1) == y) & mask)
+
+    return eval_step

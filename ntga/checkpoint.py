@@ -1,0 +1,164 @@
+"""Block plan and per-block checkpoints, so a killed generation run loses no finished work.
+
+A generation run poisons the training set block by block. Each finished block is
+written at once (atomically: temp file + ``os.replace``) under ``OUT/.work/``,
+beside ``run.json``, the fingerprint of every setting that affects the output.
+Restarting with ``--resume`` re-reads the fingerprint, refuses a directory made
+with different settings, skips finished blocks and continues. Because a block's
+result depends only on its own data, the shared target set, the settings and
+``fold_in(key, block_index)``, an interrupted-and-resumed run produces output
+identical to an uninterrupted one.
+
+Several processes (for example one per host of a cluster) may share one output
+directory: each takes the blocks of its ``--shard K/N``, and whichever finds all
+blocks present assembles the poison directory.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ntga.errors import UserInputError
+
+WORK_DIR = ".work"
+RUN_FILE = "run.json"
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    """Contiguous blocks over ``num_examples`` training examples; none dropped.
+
+    All blocks have ``block_size`` examples except possibly the last, which holds
+    the remainder (the reference silently dropped it).
+    """
+
+    num_examples: int
+    block_size: int
+
+    def __post_init__(self):
+        if self.block_size < 1:
+            raise UserInputError(f"--block-size must be a positive integer, got {self.block_size}")
+        if self.block_size > self.num_examples:
+            raise UserInputError(
+                f"--block-size {self.block_size} is larger than the training set to poison "
+                f"({self.num_examples} examples); use at most {self.num_examples}"
+            )
+
+    @property
+    def num_blocks(self) -> int:
+        return -(-self.num_examples // self.block_size)
+
+    def bounds(self, index: int) -> tuple[int, int]:
+        start = index * self.block_size
+        return start, min(start + self.block_size, self.num_examples)
+
+    def sizes(self) -> list[int]:
+        return [b - a for a, b in map(self.bounds, range(self.num_blocks))]
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """Parses ``K/N`` (1-based K) into ``(K-1, N)``; None means the whole run ``(0, 1)``."""
+    if text is None:
+        return 0, 1
+    try:
+        k, n = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise UserInputError(f"--shard must look like K/N with integers, e.g. 1/4; got {text!r}") from None
+    if not 1 <= k <= n:
+        raise UserInputError(f"--shard {text!r}: need 1 <= K <= N")
+    return k - 1, n
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class BlockStore:
+    """The ``OUT/.work`` directory of one run: fingerprint plus one file pair per finished block."""
+
+    def __init__(self, out: Path):
+        self.out = Path(out)
+        self.work = self.out / WORK_DIR
+
+    # -- run fingerprint --------------------------------------------------------------
+    def open(self, fingerprint: dict[str, Any], *, resume: bool) -> None:
+        """Creates the work directory, or checks an existing one against ``fingerprint``.
+
+        Raises:
+            UserInputError: ``out`` is non-empty and ``resume`` is false; or it was made
+                with different settings; or it is not a generation directory at all.
+        """
+        run_file = self.work / RUN_FILE
+        existing = self.out.exists() and any(self.out.iterdir())
+        if existing and not resume:
+            raise UserInputError(
+                f"--out {self.out} exists and is not empty; pass --resume to continue a run "
+                "there, or choose a new directory"
+            )
+        if resume and run_file.exists():
+            saved = json.loads(run_file.read_text())
+            diff = sorted(k for k in set(saved) | set(fingerprint) if saved.get(k) != fingerprint.get(k))
+            if diff:
+                details = "; ".join(f"{k}: was {saved.get(k)!r}, now {fingerprint.get(k)!r}" for k in diff)
+                raise UserInputError(f"cannot resume into {self.out}: it was made with different settings ({details})")
+            return
+        if existing and not run_file.exists():
+            raise UserInputError(
+                f"cannot resume into {self.out}: it has no {WORK_DIR}/{RUN_FILE}, so it was not made by "
+                "`ntga.generate` (or its work files were removed after completion)"
+            )
+        self.work.mkdir(parents=True, exist_ok=True)
+        _atomic_write_bytes(run_file, json.dumps(fingerprint, indent=2, sort_keys=True).encode())
+
+    # -- blocks -----------------------------------------------------------------------
+    def _paths(self, index: int) -> tuple[Path, Path]:
+        stem = self.work / f"block_{index:05d}"
+        return stem.with_suffix(".npy"), stem.with_suffix(".json")
+
+    def save_block(self, index: int, x_uint8: np.ndarray, stats: dict[str, Any]) -> None:
+        """Writes one finished block; the JSON is written last and marks it complete."""
+        npy, meta = self._paths(index)
+        buf = io.BytesIO()
+        np.save(buf, np.ascontiguousarray(x_uint8, dtype=np.uint8), allow_pickle=False)
+        _atomic_write_bytes(npy, buf.getvalue())
+        _atomic_write_bytes(meta, json.dumps({"index": index, "shape": list(x_uint8.shape), **stats}).encode())
+
+    def load_block(self, index: int, expected_shape: tuple[int, ...]) -> tuple[np.ndarray, dict[str, Any]] | None:
+        """Returns a finished block, or None if it is absent or unusable (then it is recomputed)."""
+        npy, meta = self._paths(index)
+        if not (npy.exists() and meta.exists()):
+            return None
+        try:
+            stats = json.loads(meta.read_text())
+            x = np.load(npy, allow_pickle=False)
+        except (OSError, ValueError):
+            return None
+        if x.dtype != np.uint8 or x.shape != tuple(expected_shape):
+            return None
+        return x, stats
+
+    def finished(self, num_blocks: int) -> list[int]:
+        """Indices of blocks whose files are both present (contents are checked on load)."""
+        return [i for i in range(num_blocks) if all(p.exists() for p in self._paths(i))]
+
+    def remove(self) -> None:
+        """Deletes the work directory once the poison directory is complete."""
+        shutil.rmtree(self.work, ignore_errors=True)

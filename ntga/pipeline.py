@@ -1,0 +1,173 @@
+"""The NTGA generation pipeline behind `python -m ntga.generate`, callable from Python.
+
+Resolves per-dataset defaults, validates every setting before anything is
+written, builds the surrogate kernel and the per-block attack, runs it block by
+block (resumable, spread over devices, optionally one shard of a multi-host run)
+and writes the poison directory with a complete manifest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+import ntga
+from ntga.checkpoint import parse_shard
+from ntga.data import Split, split_from_args
+from ntga.errors import UserInputError
+
+# Reference defaults (REFERENCE.md): MNIST eps 0.3, t 64 for both surrogates;
+# CIFAR-10 eps 8/255, t 4096 (fnn) / 8 (cnn). Chosen by image type.
+GREY_DEFAULTS = {"eps": 0.3, "t": {"fnn": 64.0, "cnn": 64.0}}
+COLOUR_DEFAULTS = {"eps": 8 / 255, "t": {"fnn": 4096.0, "cnn": 8.0}}
+# Target images per gradient chunk: the cnn kernel keeps [block, chunk, H, W]
+# spatial covariances alive, the fnn one only [block, chunk].
+DEFAULT_TARGET_CHUNK = {"fnn": 2000, "cnn": 64}
+
+
+@dataclass(frozen=True)
+class GenerateOptions:
+    """Settings of one NTGA generation run; None means "the per-dataset default"."""
+
+    kernel: str = "fnn"
+    kernel_overrides: dict[str, Any] = field(default_factory=dict)
+    eps: float | None = None
+    norm: str = "linf"
+    steps: int = 10
+    step_size: float | None = None
+    random_start: bool = False
+    t: float | None = None
+    block_size: int = 512
+    target_chunk: int | None = None
+    dtype: str = "float64"
+
+    def resolved(self, num_channels: int) -> "GenerateOptions":
+        """Fills the per-dataset defaults (greyscale -> MNIST's, colour -> CIFAR-10's)."""
+        defaults = GREY_DEFAULTS if num_channels == 1 else COLOUR_DEFAULTS
+        t_default = defaults["t"].get(self.kernel, defaults["t"]["fnn"])
+        eps = defaults["eps"] if self.eps is None else self.eps
+        return GenerateOptions(
+            kernel=self.kernel,
+            kernel_overrides=dict(self.kernel_overrides),
+            eps=eps,
+            norm=self.norm,
+            steps=self.steps,
+            step_size=self.step_size,
+            random_start=self.random_start,
+            t=t_default if self.t is None else self.t,
+            block_size=self.block_size,
+            target_chunk=self.target_chunk or DEFAULT_TARGET_CHUNK.get(self.kernel, 256),
+            dtype=self.dtype,
+        )
+
+
+def _array_digest(*arrays: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def validate_split(split: Split) -> None:
+    """NTGA needs a target set (``Split`` itself guarantees it is disjoint from the poisoned set)."""
+    if len(split.target_idx) == 0:
+        raise UserInputError("--target-size must be at least 1: NTGA ascends the GP's loss on a held-out target set")
+
+
+def generate(split: Split, options: GenerateOptions, out: str | Path, *, seed: int = 0, resume: bool = False,
+             shard: tuple[int, int] = (0, 1), devices=None, progress: bool = True) -> Path | None:
+    """Runs NTGA on ``split`` and writes the poison directory ``out``.
+
+    Returns:
+        ``out`` when the poison directory is complete; None when this process handled
+        its shard and other shards are still missing.
+
+    Raises:
+        UserInputError: any bad setting, before anything is written.
+    """
+    from ntga.attack import AttackConfig, make_block_attack, one_hot
+    from ntga.kernels import make
+    from ntga.runner import BlockJob, completed_poison_dir, finish_poison_dir, run_blocks
+
+    ds = split.dataset
+    opts = options.resolved(ds.image_shape[-1])
+    validate_split(split)
+    # Build everything that can fail on a bad setting before touching `out`.
+    config = AttackConfig(eps=opts.eps, norm=opts.norm, steps=opts.steps, step_size=opts.step_size, t=opts.t,
+                          random_start=opts.random_start, target_chunk=opts.target_chunk)
+    kernel_fn = make(opts.kernel, **opts.kernel_overrides)
+    if resume and completed_poison_dir(out) is not None:
+        print(f"{out} is already complete; nothing to do")
+        return Path(out)
+
+    dtype = {"float64": np.float64, "float32": np.float32}[opts.dtype]
+    if dtype == np.float64 and not jax.config.jax_enable_x64:
+        jax.config.update("jax_enable_x64", True)
+    k = ds.num_classes
+    job = BlockJob(
+        x=(split.x_train.astype(dtype) / 255.0).astype(dtype),
+        y_onehot=one_hot(split.y_train, k, dtype),
+        x_target=(split.x_target.astype(dtype) / 255.0).astype(dtype),
+        y_target_onehot=one_hot(split.y_target, k, dtype),
+        block_size=opts.block_size,
+    )
+    settings = {k_: v for k_, v in asdict(opts).items()}
+    settings["step_size"] = config.step_size
+    fingerprint = {
+        "method": "ntga", **settings, "seed": seed,
+        "dataset": ds.spec, "dataset_content_hash": ds.content_hash,
+        "train_indices_sha256": _array_digest(split.train_idx),
+        "target_indices_sha256": _array_digest(split.target_idx),
+        "ntga_version": ntga.__version__,
+    }
+    block_fn = make_block_attack(kernel_fn, config)
+
+    def describe(index: int, s: dict[str, Any]) -> str:
+        return (f"block {index}: GP target acc clean {100 * s['clean_target_acc']:.2f}% -> poisoned "
+                f"{100 * s['poisoned_target_acc']:.2f}%  (target loss {s['loss_history'][0]:.4g} -> "
+                f"{s['loss_history'][-1]:.4g}, {s['seconds']:.1f}s)")
+
+    start = time.perf_counter()
+    x_poison, summary = run_blocks(job, block_fn, jax.random.key(seed), out, fingerprint=fingerprint,
+                                   resume=resume, shard=shard, devices=devices, progress=progress,
+                                   describe=describe)
+    if x_poison is None:
+        print(f"shard {shard[0] + 1}/{shard[1]} finished; other shards' blocks are still missing in {out}")
+        return None
+    clean_acc = summary.mean("clean_target_acc")
+    poisoned_acc = summary.mean("poisoned_target_acc")
+    manifest = {
+        **fingerprint,
+        "method": "ntga",
+        "dataset_class_names": list(ds.class_names),
+        "num_poisoned": int(len(x_poison)),
+        "target_size": int(len(split.target_idx)),
+        "devices": [str(d) for d in (devices or jax.local_devices())],
+        "gp_target_acc_clean_mean": clean_acc,
+        "gp_target_acc_poisoned_mean": poisoned_acc,
+        "blocks": summary.block_stats,
+        "wall_time_s": float(sum(s["seconds"] for s in summary.block_stats)),
+        "wall_time_this_process_s": time.perf_counter() - start,
+    }
+    path = finish_poison_dir(out, x_poison=x_poison, y=split.y_train, source_indices=split.train_idx,
+                             target_indices=split.target_idx, x_clean=split.x_train,
+                             class_names=ds.class_names, manifest=json.loads(json.dumps(manifest)))
+    print(f"wrote {path}: {len(x_poison)} protected images in {len(summary.block_stats)} blocks; GP accuracy on "
+          f"the target set, mean over blocks: clean {100 * clean_acc:.2f}% -> poisoned {100 * poisoned_acc:.2f}%")
+    return path
+
+
+def generate_from_args(args: argparse.Namespace, options: GenerateOptions) -> Path | None:
+    """CLI glue: validates the run-level flags, loads the split, and calls :func:`generate`."""
+    shard = parse_shard(args.shard)
+    split = split_from_args(args)
+    return generate(split, options, args.out, seed=args.seed, resume=args.resume, shard=shard,
+                    progress=not args.no_progress)

@@ -1,0 +1,174 @@
+"""Block-wise generation runs: plan, per-block checkpoints, device spreading, assembly.
+
+:func:`run_blocks` is method-agnostic: it takes a pure, jittable ``block_fn`` that
+protects one block against the shared target set, and handles everything a long
+run needs around it (resume, several devices, several hosts, progress, the final
+poison directory). ``ntga.generate`` builds ``block_fn`` from the NTGA attack.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from ntga.checkpoint import BlockPlan, BlockStore
+from ntga.errors import UserInputError
+from ntga.poisondir import MANIFEST, read_poison_dir, write_poison_dir
+from ntga.spread import BlockFn, BlockSpreader
+
+
+@dataclass(frozen=True)
+class BlockJob:
+    """What one block-wise run protects, and against which target set.
+
+    Attributes:
+        x: [N, H, W, C] float images in [0, 1] to protect, in block order.
+        y_onehot: [N, k] one-hot labels of ``x``.
+        x_target: [M, H, W, C] float target images (held out, disjoint from ``x``).
+        y_target_onehot: [M, k] one-hot labels of the target set.
+        block_size: examples per block (the last block holds the remainder).
+    """
+
+    x: np.ndarray
+    y_onehot: np.ndarray
+    x_target: np.ndarray
+    y_target_onehot: np.ndarray
+    block_size: int
+
+
+@dataclass
+class RunSummary:
+    """Per-block statistics gathered by :func:`run_blocks` (for the manifest and the CLI)."""
+
+    block_stats: list[dict[str, Any]] = field(default_factory=list)
+    complete: bool = False
+    path: Path | None = None
+
+    def mean(self, key: str) -> float | None:
+        values = [s[key] for s in self.block_stats if key in s]
+        return float(np.mean(values)) if values else None
+
+
+def _stats_of(out: dict[str, np.ndarray], g: int, seconds: float) -> dict[str, Any]:
+    stats: dict[str, Any] = {"seconds": seconds}
+    for name, value in out.items():
+        if name == "x_poison_uint8":
+            continue
+        value = np.asarray(value[g])
+        stats[name] = value.item() if value.ndim == 0 else value.tolist()
+    return stats
+
+
+def run_blocks(
+    job: BlockJob,
+    block_fn: BlockFn,
+    key: jax.Array,
+    out: str | Path,
+    *,
+    fingerprint: dict[str, Any],
+    resume: bool = False,
+    shard: tuple[int, int] = (0, 1),
+    devices: Sequence[jax.Device] | None = None,
+    progress: bool = True,
+    describe: Callable[[int, dict[str, Any]], str] | None = None,
+) -> tuple[np.ndarray | None, RunSummary]:
+    """Protects ``job.x`` block by block, saving each finished block under ``out/.work``.
+
+    Args:
+        job: the data to protect and the target set.
+        block_fn: pure per-block function (see :data:`ntga.spread.BlockFn`); must return
+            ``x_poison_uint8`` (uint8 [B, H, W, C]) and scalar/array statistics (e.g.
+            :func:`ntga.attack.make_block_attack`).
+        key: base PRNG key; block ``i`` uses ``fold_in(key, i)``.
+        out: output directory.
+        fingerprint: every setting that affects the output; resuming with a different
+            fingerprint is refused.
+        resume: continue a run in a non-empty ``out``.
+        shard: ``(k, n)``: this process handles blocks ``i`` with ``i % n == k``.
+        devices: local devices to spread blocks over (default: all).
+        progress: show a progress bar over blocks with ETA.
+        describe: formats a per-block line for the progress output.
+
+    Returns:
+        ``(x_uint8, summary)``: the assembled protected images [N, H, W, C] when every
+        block is finished (by this or another process), else ``(None, summary)``.
+    """
+    plan = BlockPlan(len(job.x), job.block_size)
+    store = BlockStore(Path(out))
+    store.open(fingerprint, resume=resume)
+    k_shard, n_shard = shard
+    spreader = BlockSpreader(block_fn, devices)
+
+    mine = [i for i in range(plan.num_blocks) if i % n_shard == k_shard]
+    finished = set(store.finished(plan.num_blocks))
+    todo = [i for i in mine if i not in finished]
+    # Blocks of equal size run together, one per device.
+    groups: list[list[int]] = []
+    for size in sorted({plan.sizes()[i] for i in todo}, reverse=True):
+        same = [i for i in todo if plan.sizes()[i] == size]
+        groups += [same[j:j + spreader.num_devices] for j in range(0, len(same), spreader.num_devices)]
+
+    summary = RunSummary()
+    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc="blocks", unit="block",
+               disable=not progress, dynamic_ncols=True)
+    x_target = jax.numpy.asarray(job.x_target)
+    y_target = jax.numpy.asarray(job.y_target_onehot)
+    try:
+        for group in groups:
+            start = time.perf_counter()
+            xs = np.stack([job.x[slice(*plan.bounds(i))] for i in group])
+            ys = np.stack([job.y_onehot[slice(*plan.bounds(i))] for i in group])
+            keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(np.asarray(group, dtype=np.uint32))
+            result = spreader.run(xs, ys, x_target, y_target, keys)
+            seconds = (time.perf_counter() - start) / len(group)
+            for g, index in enumerate(group):
+                stats = _stats_of(result, g, seconds)
+                store.save_block(index, result["x_poison_uint8"][g], stats)
+                if describe is not None:
+                    bar.write(describe(index, stats))
+                bar.update(1)
+    finally:
+        bar.close()
+
+    # Assemble when every block (from any shard) is present.
+    if len(store.finished(plan.num_blocks)) < plan.num_blocks:
+        return None, summary
+    parts = []
+    for i in range(plan.num_blocks):
+        a, b = plan.bounds(i)
+        loaded = store.load_block(i, (b - a, *job.x.shape[1:]))
+        if loaded is None:
+            raise UserInputError(
+                f"block {i} in {store.work} is unreadable or has the wrong shape; delete its files and "
+                "rerun with --resume to recompute it"
+            )
+        parts.append(loaded[0])
+        summary.block_stats.append(loaded[1])
+    summary.complete = True
+    return np.concatenate(parts), summary
+
+
+def finish_poison_dir(out: str | Path, *, x_poison: np.ndarray, y: np.ndarray, source_indices: np.ndarray,
+                      target_indices: np.ndarray | None, x_clean: np.ndarray, class_names: Sequence[str],
+                      manifest: dict[str, Any]) -> Path:
+    """Writes the final poison directory into ``out`` and removes the block work files."""
+    path = write_poison_dir(out, x=x_poison, y=y, source_indices=source_indices, manifest=manifest,
+                            target_indices=target_indices, x_clean=x_clean, class_names=class_names,
+                            overwrite=True)
+    BlockStore(Path(out)).remove()
+    return path
+
+
+def completed_poison_dir(out: str | Path) -> Path | None:
+    """Returns ``out`` if it already holds a complete, verified poison directory."""
+    out = Path(out)
+    if (out / MANIFEST).exists():
+        read_poison_dir(out, verify=True)
+        return out
+    return None
