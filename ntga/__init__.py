@@ -2,7 +2,9 @@
 
 Public sub-modules:
     ntga.data       dataset specs, loaders, deterministic subsets and splits
-    ntga.poisondir  the poison directory format (write / read / verify / export)
+    ntga.poisondir  the poison directory format (write / read / verify)
+    ntga.budget     per-image perturbation norms and the budget check
+    ntga.export     a poison directory as a folder of PNGs
     ntga.kernels    infinite-width NNGP/NTK kernels of the reference surrogates
     ntga.gp         closed-form NTK-GP mean predictions
     ntga.attack     projected gradient ascent against the GP, block-wise

@@ -15,7 +15,11 @@ so the protected data can be used from PyTorch or anything else that reads numpy
 The manifest records the generation settings verbatim plus the sha256, shape and
 dtype of every array file, which :func:`verify_poison_dir` checks before anything
 trusts the arrays. Images are stored as uint8, so the budget must hold *after*
-rounding: :func:`quantize` rounds within the budget and :func:`check_budget` checks it.
+rounding: :func:`ntga.attack.quantize_to_budget` rounds within the budget and
+:func:`ntga.budget.check_budget` checks it (the writer runs it when given the clean images).
+
+Budget checks live in :mod:`ntga.budget` (``check_budget`` and ``perturbation_norms``
+stay importable from here) and the PNG export in :mod:`ntga.export`.
 """
 
 from __future__ import annotations
@@ -26,7 +30,6 @@ import json
 import math
 import os
 import platform
-import shutil
 import sys
 import tempfile
 from datetime import datetime, timezone
@@ -36,6 +39,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ntga.budget import NORMS, check_budget, perturbation_norms
 from ntga.errors import UserInputError
 
 MANIFEST = "manifest.json"
@@ -46,9 +50,14 @@ ARRAY_FILES = (X_FILE, Y_FILE, SOURCE_FILE, TARGET_FILE)
 REQUIRED_FILES = (X_FILE, Y_FILE, SOURCE_FILE)
 # Keys the writer owns; a caller's manifest may not set them.
 RESERVED_KEYS = ("format_version", "files", "num_examples", "image_shape", "created", "library_versions", "preview")
-NORMS = ("linf", "l2")
-BUDGET_RTOL = 1e-6
 _RESUME_HINT = "incomplete or not a poison directory; if a generation run was interrupted, rerun it with --resume"
+# Public names; check_budget and perturbation_norms come from ntga.budget and are
+# re-exported so existing ``from ntga.poisondir import ...`` keeps working.
+__all__ = [
+    "ARRAY_FILES", "FORMAT_VERSION", "MANIFEST", "PREVIEW", "PoisonSet", "REQUIRED_FILES", "RESERVED_KEYS",
+    "SOURCE_FILE", "TARGET_FILE", "X_FILE", "Y_FILE", "check_budget", "perturbation_norms",
+    "read_poison_dir", "verify_poison_dir", "write_poison_dir",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,7 +103,7 @@ def _index_array(a: Any, name: str, length: int | None = None) -> np.ndarray:
 def _check_images(x: Any, name: str) -> np.ndarray:
     x = np.asarray(x)
     if x.dtype != np.uint8:
-        raise UserInputError(f"{name} must be uint8 (round within the budget with ntga.poisondir.quantize), got {x.dtype}")
+        raise UserInputError(f"{name} must be uint8 (round within the budget with ntga.attack.quantize_to_budget), got {x.dtype}")
     if x.ndim != 4 or x.shape[-1] not in (1, 3):
         raise UserInputError(f"{name} must have shape [N, H, W, C] with C in (1, 3), got {x.shape}")
     return x
@@ -160,114 +169,6 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-# ----------------------------------------------------------------------------- budget
-
-
-def _unit(x: np.ndarray, name: str) -> np.ndarray:
-    if x.dtype == np.uint8:
-        return x.astype(np.float64) / 255.0
-    if not np.issubdtype(x.dtype, np.floating):
-        raise UserInputError(f"{name} must be uint8 or float in [0, 1], got dtype {x.dtype}")
-    x = x.astype(np.float64)
-    if x.size and not (np.all(np.isfinite(x)) and x.min() >= 0.0 and x.max() <= 1.0):
-        raise UserInputError(f"{name} must lie in [0, 1], found values in [{np.nanmin(x)}, {np.nanmax(x)}] (or NaN/inf)")
-    return x
-
-
-def _check_eps_norm(eps: float, norm: str) -> float:
-    if norm not in NORMS:
-        raise UserInputError(f"unknown norm {norm!r}; accepted: {', '.join(NORMS)}")
-    try:
-        eps = float(eps)
-    except (TypeError, ValueError):
-        raise UserInputError(f"eps must be a number, got {eps!r}") from None
-    if not (math.isfinite(eps) and eps >= 0.0):
-        raise UserInputError(f"eps must be a finite number >= 0, got {eps}")
-    return eps
-
-
-def perturbation_norms(x_clean: np.ndarray, x_poison: np.ndarray, norm: str, chunk: int = 4096) -> np.ndarray:
-    """Per-image perturbation norms in [0, 1] pixel units.
-
-    Args:
-      x_clean, x_poison: [N, ...] uint8, or float in [0, 1]; same shape.
-      norm: "linf" (max |delta|) or "l2" (sqrt of the sum of squares over all pixels of one image).
-
-    Returns:
-      float64 [N].
-    """
-    _check_eps_norm(0.0, norm)
-    x_clean, x_poison = np.asarray(x_clean), np.asarray(x_poison)
-    if x_clean.shape != x_poison.shape or x_clean.ndim < 1:
-        raise UserInputError(f"clean images {x_clean.shape} and poisoned images {x_poison.shape} must have the same shape [N, ...]")
-    out = np.empty(x_clean.shape[0], np.float64)
-    # Chunked so a 50k-image CIFAR set never needs a float64 copy of the whole array.
-    for start in range(0, x_clean.shape[0], chunk):
-        sl = slice(start, start + chunk)
-        delta = (_unit(x_poison[sl], "poisoned images") - _unit(x_clean[sl], "clean images")).reshape(len(out[sl]), -1)
-        out[sl] = np.abs(delta).max(axis=1, initial=0.0) if norm == "linf" else np.sqrt(np.sum(delta * delta, axis=1))
-    return out
-
-
-def check_budget(x_clean: np.ndarray, x_poison: np.ndarray, eps: float, norm: str) -> None:
-    """Raises UserInputError unless every image is within ``eps`` of its clean version.
-
-    Args:
-      x_clean, x_poison: [N, H, W, C] uint8, or float in [0, 1].
-      eps: the budget in [0, 1] pixel units (e.g. 8/255).
-      norm: "linf" or "l2" (per image, over all pixels).
-
-    A relative tolerance of 1e-6 absorbs float rounding, so an image exactly at
-    the budget after uint8 rounding (e.g. 8 levels for eps = 8/255) passes.
-    """
-    eps = _check_eps_norm(eps, norm)
-    norms = perturbation_norms(x_clean, x_poison, norm)
-    over = norms > eps * (1.0 + BUDGET_RTOL)
-    if np.any(over):
-        worst = int(np.argmax(norms))
-        raise UserInputError(
-            f"{int(over.sum())} of {len(norms)} images exceed the {norm} budget eps = {eps:.6g}; "
-            f"worst is image {worst} with {norm} norm {norms[worst]:.6g} ({norms[worst] * 255:.4g}/255)"
-        )
-
-
-def quantize(x_clean: np.ndarray, x_poison: np.ndarray, eps: float | None = None, norm: str | None = None) -> np.ndarray:
-    """Rounds float poisoned images to uint8 without leaving the budget.
-
-    Rounding to the nearest level can push an image past eps (e.g. eps = 0.3 is
-    76.5 levels). Images that would exceed it are instead rounded towards their
-    clean version, which never increases any |delta| and so keeps both norms.
-
-    Args:
-      x_clean: uint8 [N, H, W, C] clean images.
-      x_poison: float [N, H, W, C] in [0, 1] (or uint8, returned as is after the check).
-      eps, norm: the budget; when omitted, plain rounding.
-
-    Returns:
-      uint8 [N, H, W, C].
-    """
-    x_clean = _check_images(x_clean, "x_clean")
-    x_poison = np.asarray(x_poison)
-    if x_poison.shape != x_clean.shape:
-        raise UserInputError(f"poisoned images {x_poison.shape} and clean images {x_clean.shape} differ in shape")
-    levels = _unit(x_poison, "poisoned images") * 255.0
-    out = np.clip(np.round(levels), 0, 255).astype(np.uint8)
-    if eps is None:
-        return out
-    eps = _check_eps_norm(eps, norm)
-    if norm == "linf":
-        # Per pixel: the largest whole number of levels inside the budget.
-        cap = math.floor(eps * 255.0 * (1.0 + BUDGET_RTOL))
-        delta = np.clip(out.astype(np.int16) - x_clean.astype(np.int16), -cap, cap)
-        out = (x_clean.astype(np.int16) + delta).astype(np.uint8)
-    over = perturbation_norms(x_clean, out, norm) > eps * (1.0 + BUDGET_RTOL)
-    if np.any(over):
-        delta = levels[over] - x_clean[over].astype(np.float64)
-        out[over] = np.clip(x_clean[over] + np.trunc(delta), 0, 255).astype(np.uint8)
-    check_budget(x_clean, out, eps, norm)
-    return out
 
 
 # ----------------------------------------------------------------------------- writer
@@ -518,78 +419,3 @@ def read_poison_dir(path: str | Path, *, verify: bool = True) -> PoisonSet:
     x = _load(path, X_FILE)
     return PoisonSet(path=path, x=x, y=small[Y_FILE], source_indices=small[SOURCE_FILE],
                      target_indices=small.get(TARGET_FILE), manifest=manifest)
-
-
-# ----------------------------------------------------------------------------- export
-
-
-def _check_class_names(class_names: Sequence[str], num_classes: int) -> list[str]:
-    names = [str(c) for c in class_names]
-    if len(names) < num_classes:
-        raise UserInputError(f"class_names has {len(names)} names but labels go up to {num_classes - 1}")
-    bad = [c for c in names if not c or c in (".", "..") or "/" in c or "\\" in c or "\0" in c]
-    if bad:
-        raise UserInputError(f"class names {bad} cannot be folder names; use non-empty names without '/' or '\\'")
-    if len(set(names)) != len(names):
-        raise UserInputError(f"class names must be unique, got {names}")
-    return names
-
-
-def _save_pngs(root: Path, images: np.ndarray, labels: np.ndarray, stems: np.ndarray, names: list[str]) -> None:
-    from PIL import Image
-
-    for label in np.unique(labels):
-        (root / names[int(label)]).mkdir(parents=True)
-    for img, label, stem in zip(images, labels, stems):  # one file per image: I/O bound, no array work to batch
-        Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(root / names[int(label)] / f"{int(stem):06d}.png")
-
-
-def export_image_folder(
-    poisons: PoisonSet,
-    dest: str | Path,
-    *,
-    class_names: Sequence[str],
-    x_test: np.ndarray | None = None,
-    y_test: np.ndarray | None = None,
-) -> Path:
-    """Writes the protected set as a folder of lossless PNGs, the form a data owner publishes.
-
-    Layout: ``dest/train/<class>/<source_index:06d>.png`` and, with a test set,
-    ``dest/test/<class>/<position:06d>.png`` (grey images as mode 'L', colour as 'RGB'),
-    which the ``folder:`` dataset spec reads back. Files are written into a hidden
-    sibling directory and renamed into place at the end, so an interrupted export
-    leaves no half-written ``dest``.
-
-    Args:
-      poisons: a loaded poison directory.
-      dest: a new or empty directory.
-      class_names: folder name of each label (index = label).
-      x_test: optional uint8 [M, H, W, C] clean test images; y_test: their int labels [M].
-
-    Returns:
-      ``dest``.
-    """
-    dest = Path(dest)
-    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-        raise UserInputError(f"export destination {dest} exists and is not an empty directory; choose a new one")
-    if (x_test is None) != (y_test is None):
-        raise UserInputError("give both x_test and y_test, or neither")
-    max_label = int(poisons.y.max()) if poisons.y.size else -1
-    if x_test is not None:
-        x_test = _check_images(x_test, "x_test")
-        y_test = _check_labels(y_test, x_test.shape[0], None, "y_test")
-        max_label = max(max_label, int(y_test.max()) if y_test.size else -1)
-    names = _check_class_names(class_names, max_label + 1)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
-    try:
-        _save_pngs(tmp / "train", poisons.x, poisons.y, poisons.source_indices, names)
-        if x_test is not None:
-            _save_pngs(tmp / "test", x_test, y_test, np.arange(x_test.shape[0]), names)
-        if dest.exists():
-            dest.rmdir()  # empty (checked above); rename cannot replace it portably
-        os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return dest

@@ -5,11 +5,18 @@ visible; a researcher looks at the amplified difference to see its structure
 (NTGA's perturbations are low-frequency, EM's are high-frequency). The grid is
 built with numpy and labelled with Pillow's default font, so nothing here
 needs a plotting library.
+
+The building blocks (:func:`image_grid` for upscaled tiles, :func:`label_font`,
+:func:`text_width`, :func:`fit_text`, :func:`draw_row_labels` for text and
+:func:`save_png` for the atomic write) also draw the per-class contact sheet of
+``python -m ntga.data --preview`` (:mod:`ntga.data.preview`).
 """
 
 from __future__ import annotations
 
 import math
+import os
+import secrets
 from pathlib import Path
 from typing import Sequence
 
@@ -43,9 +50,9 @@ def _as_uint8(images: np.ndarray, what: str) -> np.ndarray:
     return images
 
 
-def default_scale(height: int, width: int) -> int:
-    """The integer upscale factor that makes a tile at least MIN_TILE_PX on its longer side."""
-    return max(1, math.ceil(MIN_TILE_PX / max(height, width, 1)))
+def default_scale(height: int, width: int, min_tile: int = MIN_TILE_PX) -> int:
+    """The integer upscale factor that makes a tile at least ``min_tile`` pixels on its longer side."""
+    return max(1, math.ceil(min_tile / max(height, width, 1)))
 
 
 def image_grid(rows: Sequence[np.ndarray], *, pad: int = 1, scale: int | None = None) -> np.ndarray:
@@ -124,25 +131,67 @@ def pick_examples(y: np.ndarray, per_class: int, max_columns: int = MAX_COLUMNS)
     return np.asarray(chosen, dtype=np.int64)
 
 
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+def label_font(size: int = 12) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """Pillow's built-in font at ``size`` pixels (the bitmap default on Pillow < 10.1)."""
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1 (no size argument, bitmap font)
         return ImageFont.load_default()
 
 
-def _text_width(draw: ImageDraw.ImageDraw, text: str, font) -> int:
+def text_width(draw: ImageDraw.ImageDraw, text: str, font) -> int:
+    """Width in pixels of ``text`` drawn in ``font``."""
     left, _, right, _ = draw.textbbox((0, 0), text, font=font)
     return right - left
 
 
-def _fit(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
+def fit_text(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
     """Truncates ``text`` with an ellipsis until it fits in ``width`` pixels."""
-    if _text_width(draw, text, font) <= width:
+    if text_width(draw, text, font) <= width:
         return text
-    while text and _text_width(draw, text + "…", font) > width:
+    while text and text_width(draw, text + "…", font) > width:
         text = text[:-1]
     return text + "…" if text else ""
+
+
+def draw_row_labels(draw: ImageDraw.ImageDraw, labels: Sequence[str], font, *, top: int, tile_h: int, pad: int,
+                    left: int = 4) -> list[int]:
+    """Writes one label per row of an :func:`image_grid`, vertically centred on the row's tiles.
+
+    Args:
+      draw: drawing context of the canvas holding the grid.
+      labels: text of each row, top to bottom.
+      font: e.g. :func:`label_font`.
+      top: canvas y of the grid's top edge; tile_h, pad: the grid's tile height and padding.
+      left: canvas x of the labels.
+
+    Returns:
+      The y at which each label was drawn (for a second line below it).
+    """
+    ys = []
+    for row, label in enumerate(labels):
+        ink_top, ink_bottom = draw.textbbox((0, 0), label, font=font)[1::2]
+        y = top + pad + row * (tile_h + pad) + (tile_h - (ink_bottom - ink_top)) // 2 - ink_top
+        draw.text((left, y), label, fill=TEXT, font=font)
+        ys.append(y)
+    return ys
+
+
+def save_png(image: Image.Image, path: str | Path) -> Path:
+    """Writes ``image`` as a PNG atomically: a reader never sees a half-written file.
+
+    The folder of ``path`` must exist.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "xb") as f:
+            image.save(f, format="PNG")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
 
 
 def save_preview(
@@ -186,26 +235,22 @@ def save_preview(
     pad = max(1, scale // 2)
     grid = image_grid([x_clean[idx], x_poison[idx], diff], pad=pad, scale=scale)
 
-    font = _font(12)
+    font = label_font(12)
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     line_h = probe.textbbox((0, 0), "Ag", font=font)[3] + 4
     peak_255 = peak * 255.0
     row_labels = ["clean", "poisoned", "difference", f"max |d| = {peak_255:.3g}/255"]
-    margin_left = max(_text_width(probe, s, font) for s in row_labels) + 8
+    margin_left = max(text_width(probe, s, font) for s in row_labels) + 8
     margin_top = line_h * (2 if title else 1) + 2
     canvas = Image.new("RGB", (margin_left + grid.shape[1], margin_top + grid.shape[0]), (BACKGROUND,) * 3)
     canvas.paste(Image.fromarray(grid), (margin_left, margin_top))
     draw = ImageDraw.Draw(canvas)
 
     if title:
-        draw.text((4, 2), _fit(draw, title, font, canvas.width - 8), fill=TEXT, font=font)
+        draw.text((4, 2), fit_text(draw, title, font, canvas.width - 8), fill=TEXT, font=font)
     tile_h, tile_w = height * scale, width * scale
-    # Row labels, vertically centred on each row of tiles.
-    for row, label in enumerate(row_labels[:3]):
-        top = margin_top + pad + row * (tile_h + pad) + tile_h // 2 - line_h // 2
-        draw.text((4, top), label, fill=TEXT, font=font)
-        if row == 2:
-            draw.text((4, top + line_h), row_labels[3], fill=TEXT, font=font)
+    label_ys = draw_row_labels(draw, row_labels[:3], font, top=margin_top, tile_h=tile_h, pad=pad)
+    draw.text((4, label_ys[2] + line_h), row_labels[3], fill=TEXT, font=font)  # under "difference"
     # One header per class, spanning that class's columns.
     labels = y[idx]
     col = 0
@@ -214,9 +259,7 @@ def save_preview(
         lab = int(labels[col])
         name = class_names[lab] if class_names is not None and 0 <= lab < len(class_names) else str(lab)
         left = margin_left + pad + col * (tile_w + pad)
-        draw.text((left, margin_top - line_h), _fit(draw, str(name), font, span * (tile_w + pad) - pad), fill=TEXT, font=font)
+        draw.text((left, margin_top - line_h), fit_text(draw, str(name), font, span * (tile_w + pad) - pad), fill=TEXT, font=font)
         col += span
 
-    path = Path(path)
-    canvas.save(path, format="PNG")
-    return path
+    return save_png(canvas, path)

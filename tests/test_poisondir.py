@@ -1,4 +1,7 @@
-"""Tests for the poison directory format: round trip, tamper detection, budget checks, export."""
+"""Tests for the poison directory format: round trip, tamper detection, writer validation.
+
+Budget checks are tested in test_budget.py, the PNG export in test_export.py.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +13,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from PIL import Image
 
+from ntga import budget, export
 from ntga import poisondir as pd
 from ntga.errors import UserInputError
 
@@ -257,98 +260,8 @@ def test_writer_refuses_over_budget_poisons(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-# ----------------------------------------------------------------------------- budget
+def test_moved_functions_stay_importable_from_poisondir():
+    from ntga.poisondir import check_budget, perturbation_norms
 
-
-def test_check_budget_linf_exact_and_over():
-    clean = np.full((4, 8, 8, 3), 100, np.uint8)
-    poison = clean.copy()
-    poison[:, 0, 0, 0] = 108  # exactly 8/255 after uint8 rounding
-    poison[1, 3, 3, 1] = 92
-    pd.check_budget(clean, poison, 8 / 255, "linf")
-    pd.check_budget(clean / 255.0, poison / 255.0, 8 / 255, "linf")  # float inputs too
-    poison[3, 5, 5, 2] = 109
-    with pytest.raises(UserInputError, match=r"1 of 4 images exceed the linf budget.*worst is image 3 .*norm 0.0352941"):
-        pd.check_budget(clean, poison, 8 / 255, "linf")
-
-
-def test_check_budget_l2_exact_and_over():
-    clean = np.full((3, 8, 8, 1), 50, np.uint8)
-    poison = clean.copy()
-    poison[0, :2, :2, 0] = 53  # four pixels of 3 levels: l2 = sqrt(4 * 9) / 255 = 6 / 255
-    pd.check_budget(clean, poison, 6 / 255, "l2")
-    with pytest.raises(UserInputError, match="worst is image 0 with l2 norm 0.0235294"):
-        pd.check_budget(clean, poison, 5.99 / 255, "l2")
-    np.testing.assert_allclose(pd.perturbation_norms(clean, poison, "l2"), [6 / 255, 0, 0])
-
-
-def test_check_budget_refuses_bad_arguments():
-    x = np.zeros((2, 4, 4, 1), np.uint8)
-    with pytest.raises(UserInputError, match="unknown norm 'l1'; accepted: linf, l2"):
-        pd.check_budget(x, x, 0.1, "l1")
-    with pytest.raises(UserInputError, match="eps must be a finite number"):
-        pd.check_budget(x, x, -1.0, "linf")
-    with pytest.raises(UserInputError, match=r"must lie in \[0, 1\]"):
-        pd.check_budget(x, np.full(x.shape, 1.5), 0.1, "linf")
-    with pytest.raises(UserInputError, match="same shape"):
-        pd.check_budget(x, x[:1], 0.1, "linf")
-
-
-@settings(max_examples=20, deadline=None)
-@given(seed=st.integers(0, 2**16), norm=st.sampled_from(["linf", "l2"]), eps_levels=st.floats(0.0, 80.0))
-def test_quantize_stays_within_budget(seed, norm, eps_levels):
-    rng = np.random.default_rng(seed)
-    clean = rng.integers(0, 256, (4, 5, 5, 1), dtype=np.uint8)
-    eps = eps_levels / 255
-    direction = rng.normal(size=clean.shape)
-    if norm == "linf":
-        delta = eps * np.sign(direction)
-    else:
-        delta = eps * direction / np.linalg.norm(direction.reshape(4, -1), axis=1)[:, None, None, None]
-    poison = np.clip(clean / 255.0 + delta, 0.0, 1.0)  # exactly at the budget before rounding
-    q = pd.quantize(clean, poison, eps, norm)
-    assert q.dtype == np.uint8
-    pd.check_budget(clean, q, eps, norm)
-    assert np.all(np.abs(q.astype(int) - np.round(poison * 255)) <= 1)
-
-
-def test_quantize_linf_at_half_level():
-    clean = np.full((1, 2, 2, 1), 101, np.uint8)
-    poison = clean / 255.0 + 0.3  # 76.5 levels: nearest rounding gives 178, i.e. 77 levels > eps
-    assert np.all(np.round(poison * 255) == 178)
-    q = pd.quantize(clean, poison, 0.3, "linf")
-    assert np.all(q == 177)
-
-
-# ----------------------------------------------------------------------------- export
-
-
-@pytest.mark.parametrize("c", [1, 3])
-def test_export_round_trips_through_png(tmp_path, c):
-    _, x, y = _write(tmp_path / "p", c=c)
-    poisons = pd.read_poison_dir(tmp_path / "p")
-    x_test, y_test = x[:3][::-1].copy(), np.array([2, 0, 2])
-    dest = pd.export_image_folder(poisons, tmp_path / "export", class_names=CLASSES, x_test=x_test, y_test=y_test)
-    for img, label, index in zip(x, y, poisons.source_indices):
-        with Image.open(dest / "train" / CLASSES[label] / f"{index:06d}.png") as im:
-            assert im.mode == ("L" if c == 1 else "RGB")
-            np.testing.assert_array_equal(np.asarray(im).reshape(img.shape), img)
-    for i, (img, label) in enumerate(zip(x_test, y_test)):
-        with Image.open(dest / "test" / CLASSES[label] / f"{i:06d}.png") as im:
-            np.testing.assert_array_equal(np.asarray(im).reshape(img.shape), img)
-    assert sum(1 for _ in (dest / "train").rglob("*.png")) == len(x)
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no partial dir left
-
-
-def test_export_refuses_non_empty_dest_and_bad_names(tmp_path):
-    _write(tmp_path / "p")
-    poisons = pd.read_poison_dir(tmp_path / "p")
-    (tmp_path / "dest").mkdir()
-    (tmp_path / "dest" / "x").write_text("")
-    with pytest.raises(UserInputError, match="not an empty directory"):
-        pd.export_image_folder(poisons, tmp_path / "dest", class_names=CLASSES)
-    with pytest.raises(UserInputError, match="cannot be folder names"):
-        pd.export_image_folder(poisons, tmp_path / "d2", class_names=["a", "b/c", "d"])
-    with pytest.raises(UserInputError, match="class_names has 1 names"):
-        pd.export_image_folder(poisons, tmp_path / "d2", class_names=["a"])
-    assert not (tmp_path / "d2").exists()
+    assert check_budget is budget.check_budget and perturbation_norms is budget.perturbation_norms
+    assert not hasattr(pd, "quantize")  # replaced by ntga.attack.quantize_to_budget

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from ntga import preview
 from ntga.errors import UserInputError
@@ -68,3 +68,41 @@ def test_save_preview_writes_a_labelled_png(tmp_path, c):
     assert np.any(grid[:, :40] < 128)  # some label text was drawn in the left margin
     with pytest.raises(UserInputError, match="differ in shape"):
         preview.save_preview(tmp_path / "q.png", clean, poison[:2], y, None)
+
+
+def test_default_scale_reaches_the_minimum_tile():
+    assert preview.default_scale(8, 8) == 8 and preview.default_scale(8, 8, 48) == 6
+    assert preview.default_scale(5, 3, 48) == 10 and preview.default_scale(100, 20) == 1
+
+
+def test_fit_text_truncates_with_an_ellipsis():
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    font = preview.label_font(12)
+    assert preview.fit_text(draw, "zero", font, 200) == "zero"
+    short = preview.fit_text(draw, "a-much-longer-class-name", font, 60)
+    assert short.endswith("…") and "a-much-longer-class-name".startswith(short[:-1])
+    assert preview.text_width(draw, short, font) <= 60
+    assert preview.fit_text(draw, "zero", font, 1) == ""
+
+
+def test_draw_row_labels_centres_each_label_on_its_row():
+    canvas = Image.new("RGB", (60, 2 + 2 * (40 + 2)), (255, 255, 255))
+    preview.draw_row_labels(ImageDraw.Draw(canvas), ["Ag", "one"], preview.label_font(12), top=0, tile_h=40, pad=2)
+    ink = np.flatnonzero(np.any(np.asarray(canvas)[..., 0] < 128, axis=1))
+    first, second = ink[ink < 42], ink[ink >= 42]
+    assert first.size and second.size
+    assert abs((first.min() + first.max()) / 2 - (2 + 20)) <= 1.5  # centre of row 0's tiles
+    assert abs((second.min() + second.max()) / 2 - (2 + 42 + 20)) <= 1.5
+
+
+def test_save_png_replaces_atomically_and_cleans_up(tmp_path):
+    path = tmp_path / "p.png"
+    assert preview.save_png(Image.new("RGB", (3, 2), (1, 2, 3)), path) == path
+    preview.save_png(Image.new("RGB", (4, 2), (9, 9, 9)), path)
+    with Image.open(path) as im:
+        assert im.size == (4, 2) and im.getpixel((0, 0)) == (9, 9, 9)
+    with pytest.raises(OSError):
+        preview.save_png(Image.new("CMYK", (2, 2)), path)  # PNG cannot hold CMYK
+    with Image.open(path) as im:
+        assert im.size == (4, 2)  # the old file survives a failed write
+    assert [p.name for p in tmp_path.iterdir()] == ["p.png"]  # no temporary file left behind

@@ -1,18 +1,22 @@
-"""A PNG contact sheet: a few images per class, one labelled row per class."""
+"""A PNG contact sheet: a few images per class, one labelled row per class.
+
+Tiles, labels and the atomic write come from :mod:`ntga.preview`, which also
+draws the poison previews; this module only decides what goes in which row.
+"""
 
 from __future__ import annotations
 
-import os
-import secrets
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from ntga.errors import UserInputError
+from ntga.preview import BACKGROUND, default_scale, draw_row_labels, image_grid, label_font, save_png, text_width
 
 _GAP = 2
 _MIN_TILE = 48  # small images (8x8 digits) are upscaled (nearest) to stay legible
+_FONT_PX = 10
 
 
 def grid_rows(labels: np.ndarray, num_classes: int, per_class: int) -> list[np.ndarray]:
@@ -44,30 +48,13 @@ def write_preview(
     if per_class < 1:
         raise UserInputError(f"--per-class must be a positive integer, got {per_class}")
     names = tuple(class_names[:max_classes])
-    h, w, c = images.shape[1:]
-    scale = max(1, -(-_MIN_TILE // max(h, w)))
-    th, tw = h * scale, w * scale
-    font = ImageFont.load_default()
-    measure = ImageDraw.Draw(Image.new("L", (1, 1)))
-    label_w = 8 + int(max(measure.textlength(n, font=font) for n in names))
-    rows = grid_rows(labels, len(names), per_class)
-    size = (label_w + per_class * (tw + _GAP) + _GAP, len(rows) * (th + _GAP) + _GAP)
-    sheet = Image.new("RGB", size, "white")
-    draw = ImageDraw.Draw(sheet)
-    for r, (name, picks) in enumerate(zip(names, rows, strict=True)):
-        y = _GAP + r * (th + _GAP)
-        top, bottom = measure.textbbox((0, 0), name, font=font)[1::2]
-        draw.text((4, y + (th - (bottom - top)) // 2 - top), name, fill="black", font=font)
-        for col, i in enumerate(picks):
-            tile = images[i] if c == 3 else np.repeat(images[i], 3, axis=-1)
-            tile = Image.fromarray(np.ascontiguousarray(tile)).resize((tw, th), Image.NEAREST)
-            sheet.paste(tile, (label_w + _GAP + col * (tw + _GAP), y))
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            sheet.save(f, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    h, w = images.shape[1:3]
+    scale = default_scale(h, w, _MIN_TILE)
+    grid = image_grid([images[picks] for picks in grid_rows(labels, len(names), per_class)], pad=_GAP, scale=scale)
+    font = label_font(_FONT_PX)
+    label_w = 8 + max(text_width(ImageDraw.Draw(Image.new("L", (1, 1))), n, font) for n in names)
+    # Always per_class columns wide, even when no class has that many examples.
+    sheet = Image.new("RGB", (label_w + per_class * (w * scale + _GAP) + _GAP, grid.shape[0]), (BACKGROUND,) * 3)
+    sheet.paste(Image.fromarray(grid), (label_w, 0))
+    draw_row_labels(ImageDraw.Draw(sheet), names, font, top=0, tile_h=h * scale, pad=_GAP)
+    return save_png(sheet, path)

@@ -1,0 +1,143 @@
+"""Export a poison directory as a folder of lossless PNGs, the form a data owner publishes.
+
+Command line::
+
+    python -m ntga.export --poisons runs/digits-ntga --out published/digits
+
+writes ``train/<class>/*.png`` (the protected images) and, unless ``--no-test``,
+``test/<class>/*.png`` (the source dataset's clean test split, reloaded from the
+manifest's dataset spec and checked against its content hash): the layout that
+``--dataset folder:PATH`` reads back with the same labels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ntga.errors import UserInputError, run_cli
+from ntga.poisondir import PoisonSet, _check_images, _check_labels, read_poison_dir
+
+
+def _check_class_names(class_names: Sequence[str], num_classes: int) -> list[str]:
+    names = [str(c) for c in class_names]
+    if len(names) < num_classes:
+        raise UserInputError(f"class_names has {len(names)} names but labels go up to {num_classes - 1}")
+    bad = [c for c in names if not c or c in (".", "..") or "/" in c or "\\" in c or "\0" in c]
+    if bad:
+        raise UserInputError(f"class names {bad} cannot be folder names; use non-empty names without '/' or '\\'")
+    if len(set(names)) != len(names):
+        raise UserInputError(f"class names must be unique, got {names}")
+    if sorted(names) != names:
+        # The folder: loader numbers classes in sorted folder order; a numeric prefix
+        # keeps that order equal to the label order for names that do not sort so.
+        width = len(str(len(names) - 1))
+        names = [f"{i:0{width}d}-{name}" for i, name in enumerate(names)]
+    return names
+
+
+def _save_pngs(root: Path, images: np.ndarray, labels: np.ndarray, stems: np.ndarray, names: list[str]) -> None:
+    from PIL import Image
+
+    for label in np.unique(labels):
+        (root / names[int(label)]).mkdir(parents=True)
+    for img, label, stem in zip(images, labels, stems):  # one file per image: I/O bound, no array work to batch
+        Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(root / names[int(label)] / f"{int(stem):06d}.png")
+
+
+def export_image_folder(
+    poisons: PoisonSet,
+    dest: str | Path,
+    *,
+    class_names: Sequence[str],
+    x_test: np.ndarray | None = None,
+    y_test: np.ndarray | None = None,
+) -> Path:
+    """Writes the protected set as a folder of lossless PNGs, the form a data owner publishes.
+
+    Layout: ``dest/train/<class>/<source_index:06d>.png`` and, with a test set,
+    ``dest/test/<class>/<position:06d>.png`` (grey images as mode 'L', colour as 'RGB'),
+    which the ``folder:`` dataset spec reads back with the same labels (class names
+    that do not sort in label order get a numeric prefix, ``0-zebra``, ``1-ant``, so
+    that they do). Files are written into a hidden
+    sibling directory and renamed into place at the end, so an interrupted export
+    leaves no half-written ``dest``.
+
+    Args:
+      poisons: a loaded poison directory.
+      dest: a new or empty directory.
+      class_names: folder name of each label (index = label).
+      x_test: optional uint8 [M, H, W, C] clean test images; y_test: their int labels [M].
+
+    Returns:
+      ``dest``.
+    """
+    dest = Path(dest)
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise UserInputError(f"export destination {dest} exists and is not an empty directory; choose a new one")
+    if (x_test is None) != (y_test is None):
+        raise UserInputError("give both x_test and y_test, or neither")
+    max_label = int(poisons.y.max()) if poisons.y.size else -1
+    if x_test is not None:
+        x_test = _check_images(x_test, "x_test")
+        y_test = _check_labels(y_test, x_test.shape[0], None, "y_test")
+        max_label = max(max_label, int(y_test.max()) if y_test.size else -1)
+    names = _check_class_names(class_names, max_label + 1)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
+    try:
+        _save_pngs(tmp / "train", poisons.x, poisons.y, poisons.source_indices, names)
+        if x_test is not None:
+            _save_pngs(tmp / "test", x_test, y_test, np.arange(x_test.shape[0]), names)
+        if dest.exists():
+            dest.rmdir()  # empty (checked above); rename cannot replace it portably
+        os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m ntga.export", description=(
+        "Export a poison directory as an image folder of lossless PNGs (train/<class>/, test/<class>/), "
+        "readable back with --dataset folder:PATH."))
+    p.add_argument("--poisons", required=True, help="poison directory written by `python -m ntga.generate`")
+    p.add_argument("--out", required=True, help="new or empty destination folder")
+    p.add_argument("--no-test", action="store_true", help="export only the protected training images")
+    p.add_argument("--dataset", default=None,
+                   help="where the source dataset is now, if it moved (default: the manifest's spec; its "
+                   "content hash must match)")
+    args = p.parse_args(argv)
+    poisons = read_poison_dir(args.poisons)
+    names = poisons.manifest.get("class_names") or poisons.manifest.get("dataset_class_names")
+    x_test = y_test = None
+    if not args.no_test:
+        from ntga.data import load_dataset
+
+        spec = args.dataset or poisons.manifest.get("dataset")
+        if not spec:
+            raise UserInputError(f"{args.poisons} names no source dataset; pass --dataset SPEC or --no-test")
+        ds = load_dataset(spec)
+        expected = poisons.manifest.get("dataset_content_hash")
+        if expected and ds.content_hash != expected:
+            raise UserInputError(f"dataset {spec!r} has content hash {ds.content_hash[:12]}..., but the poisons "
+                                 f"were made from {expected[:12]}...; point --dataset at the same data")
+        x_test, y_test, names = ds.x_test, ds.y_test, names or ds.class_names
+    if not names:
+        raise UserInputError(f"{args.poisons}/manifest.json has no class_names")
+    dest = export_image_folder(poisons, args.out, class_names=names, x_test=x_test, y_test=y_test)
+    print(f"exported {len(poisons.x)} protected training images"
+          f"{'' if x_test is None else f' and {len(x_test)} clean test images'} to {dest}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main, sys.argv[1:])
