@@ -6,6 +6,8 @@ Two runs fill one results table (benchmarks/results/kernels.md):
     /work/venv/bin/python benchmarks/bench_kernels.py
     # neural-tangents 0.6.5, in the oracle env (jax 0.4.35), same inputs:
     /work/nt-oracle/bin/python benchmarks/bench_kernels.py --oracle
+    # or both, alternating case by case (fairer on a shared, loaded machine):
+    /work/venv/bin/python benchmarks/bench_kernels.py --interleave /work/nt-oracle/bin/python
 
 Each run replaces its own column and keeps the other (the raw numbers live in
 a JSON comment at the end of the Markdown file). Inputs are drawn with numpy
@@ -25,6 +27,7 @@ import os
 import platform
 import re
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -141,23 +144,27 @@ def render(data: dict) -> str:
     lines = [
         "# Kernel benchmark: ntga.kernels vs neural-tangents 0.6.5",
         "",
-        "Median wall time of a jitted call after one compile call (CPU). Same inputs in both",
-        "environments (numpy, fixed seed). **The machine may have been loaded** by other jobs",
-        "sharing its cores while these numbers were taken (see the load averages below);",
-        "rerun on a quiet machine for publishable timings:",
+        "Median (and minimum) wall time of a jitted call after one compile call (CPU); the ratio",
+        "uses medians. Same inputs in both environments (numpy, fixed seed). **The machine may",
+        "have been loaded** by other jobs sharing its cores while these numbers were taken (see",
+        "the load averages below; load only ever slows a run down, so the minimum is the less",
+        "noisy figure); rerun on a quiet machine for publishable timings:",
         "",
         "```",
+        "# both, alternating case by case so that both see the same machine load:",
+        "/work/venv/bin/python benchmarks/bench_kernels.py --interleave /work/nt-oracle/bin/python",
+        "# or separately:",
         "/work/venv/bin/python benchmarks/bench_kernels.py              # ours (project env)",
         "/work/nt-oracle/bin/python benchmarks/bench_kernels.py --oracle # neural-tangents (oracle env)",
         "```",
         "",
-        "| case | kernel | n1 x n2 | image | dtype | what | ntga median (s) | neural-tangents median (s) "
+        "| case | kernel | n1 x n2 | image | dtype | what | ntga median (min), s | neural-tangents median (min), s "
         "| NT / ntga | ntga first call (s) | NT first call (s) | outputs agree |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for case, (kernel, n1, n2, shape, dtype, what, chunk, _) in CASES.items():
         res = [data.get(i, {}).get("results", {}).get(case) for i in impls]
-        med = [f"{r['median_s']:.3f}" if r else "-" for r in res]
+        med = [f"{r['median_s']:.3f} ({r['min_s']:.3f})" if r else "-" for r in res]
         first = [f"{r['first_call_s']:.2f}" if r else "-" for r in res]
         ratio = f"{res[1]['median_s'] / res[0]['median_s']:.2f}x" if all(res) else "-"
         # Sum of every output entry: a cheap cross-check that both computed the same thing.
@@ -186,10 +193,27 @@ def render(data: dict) -> str:
     return "\n".join(lines)
 
 
+def load(path: Path) -> dict:
+    found = DATA_RE.search(path.read_text()) if path.exists() else None
+    return json.loads(found.group(1)) if found else {}
+
+
+def save(path: Path, impl: str, machine_info: dict, results: dict) -> None:
+    """Merges one implementation's results into the file (re-read first: another run may have written)."""
+    data = load(path)
+    old = data.get(impl, {}).get("results", {})
+    data[impl] = {"machine": machine_info, "results": {**old, **results}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render(data))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--oracle", action="store_true",
                         help="time neural-tangents instead of ntga.kernels (run with the oracle env's python)")
+    parser.add_argument("--interleave", metavar="ORACLE_PYTHON",
+                        help="after each case, time neural-tangents on it too by running this script with "
+                             "--oracle under ORACLE_PYTHON, so both see the same machine load")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per case (default: %(default)s)")
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated subset of: " + ", ".join(CASES))
     parser.add_argument("--out", type=Path, default=RESULTS, help="Markdown results file (default: %(default)s)")
@@ -210,22 +234,20 @@ def main(argv=None) -> int:
         sys.path.insert(0, str(ROOT))
         build = ntga_kernel_fn
 
-    data = {}
-    if args.out.exists():
-        found = DATA_RE.search(args.out.read_text())
-        data = json.loads(found.group(1)) if found else {}
-    entry = {"machine": machine(impl), "results": dict(data.get(impl, {}).get("results", {}))}
+    info, results = machine(impl), {}
     for case in cases:
-        if args.oracle and CASES[case][7]:
+        ours_only = CASES[case][7]
+        if args.oracle and ours_only:
             continue
-        entry["results"][case] = res = time_case(case, build, args.repeats if CASES[case][6] is None
-                                                 else max(1, min(args.repeats, 3)))
-        print(f"{impl:16s} {case:24s} median {res['median_s']:.3f} s  first call {res['first_call_s']:.2f} s",
+        repeats = args.repeats if CASES[case][6] is None else max(1, min(args.repeats, 3))
+        results[case] = res = time_case(case, build, repeats)
+        print(f"{impl:16s} {case:26s} median {res['median_s']:.3f} s  first call {res['first_call_s']:.2f} s",
               flush=True)
-    entry["machine"]["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
-    data[impl] = entry
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(render(data))
+        info["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
+        save(args.out, impl, info, results)
+        if args.interleave and not ours_only:
+            subprocess.run([args.interleave, __file__, "--oracle", "--cases", case, "--repeats", str(args.repeats),
+                            "--out", str(args.out)], check=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     print(f"wrote {args.out}")
     return 0
 

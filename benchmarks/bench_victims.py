@@ -22,6 +22,7 @@ benchmarks/results/victims.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -92,8 +93,12 @@ def _im2col_conv():
     return Im2ColConv
 
 
-def _pointwise_as_conv():
-    """Swaps the victims' matmul 1x1 convolutions back to ``nn.Conv`` (to measure what the matmul buys)."""
+@contextlib.contextmanager
+def _pointwise_as_conv(active: bool):
+    """While active, the victims' matmul 1x1 convolutions are traced as ``nn.Conv`` (what the matmul replaced)."""
+    if not active:
+        yield
+        return
     import flax.linen as nn
     import jax.numpy as jnp
 
@@ -108,11 +113,16 @@ def _pointwise_as_conv():
         def __call__(self, x):
             return layers.Conv(self.features, (1, 1), strides=(self.stride, self.stride), dtype=self.dtype)(x)
 
+    saved = densenet.PointwiseConv, resnet.PointwiseConv
     densenet.PointwiseConv = resnet.PointwiseConv = PointwiseAsConv
+    try:
+        yield
+    finally:
+        densenet.PointwiseConv, resnet.PointwiseConv = saved
 
 
-def measure(task: dict) -> dict:
-    """One timing in this process: compile a training step, then time ``repeats`` steps."""
+def prepare_train_step(task: dict):
+    """Builds the task's training step; returns ``run() -> seconds`` (the first call compiles)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -121,20 +131,15 @@ def measure(task: dict) -> dict:
     from defenses.models import get_model
     from defenses.train import TrainConfig, make_optimizer, make_train_step
 
-    if task["kind"] == "conv-layer":
-        return measure_conv_layer(task)
     name, shape = task["model"], tuple(task["shape"])
     spec = get_model(name)
     cfg = TrainConfig(batch_size=BATCH).resolved(spec)
-    kwargs = {}
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in task.get("kwargs", {}).items()}
     if task.get("dtype") == "bfloat16":
         kwargs["dtype"] = jnp.bfloat16
     if task.get("im2col"):
         kwargs["conv"] = _im2col_conv()
-    if task.get("pointwise_as_conv"):
-        _pointwise_as_conv()
-    module = spec.build(10, **{**kwargs, **{k: tuple(v) if isinstance(v, list) else v
-                                             for k, v in task.get("kwargs", {}).items()}})
+    module = spec.build(10, **kwargs)
     rng = np.random.default_rng(0)
     n = BATCH * 4
     x_all = jnp.asarray(rng.integers(0, 256, (n, *shape), dtype=np.uint8))
@@ -144,36 +149,30 @@ def measure(task: dict) -> dict:
     key = jax.random.key(0)
     init = jax.jit(lambda k: module.init({"params": k, "dropout": k}, jnp.zeros((1, *shape), jnp.float32)),
                    compiler_options={"xla_backend_optimization_level": 0})
-    variables = init(key)
-    state = dict(params=variables["params"], batch_stats=variables.get("batch_stats", {}),
-                 opt_state=tx.init(variables["params"]), step=jnp.zeros((), jnp.int32))
     step = jax.jit(make_train_step(module, spec, cfg, tx, 10, mean, std),
                    donate_argnums=0 if task.get("donate", True) else ())
     precision = task.get("matmul_precision")
-    ctx = jax.default_matmul_precision(precision) if precision else _null()
-    times = []
-    with ctx:
-        for i in range(task["repeats"] + 1):
-            idx = jnp.arange(BATCH) + (i % 4) * BATCH
+    box = {"i": 0}
+    with _pointwise_as_conv(task.get("pointwise_as_conv", False)):
+        variables = init(key)
+    box["state"] = dict(params=variables["params"], batch_stats=variables.get("batch_stats", {}),
+                        opt_state=tx.init(variables["params"]), step=jnp.zeros((), jnp.int32))
+
+    def run() -> float:
+        idx = jnp.arange(BATCH) + (box["i"] % 4) * BATCH
+        ctx = jax.default_matmul_precision(precision) if precision else contextlib.nullcontext()
+        with ctx, _pointwise_as_conv(task.get("pointwise_as_conv", False)):
             t0 = time.perf_counter()
-            state, metrics = step(state, x_all, y_all, idx, key)
-            jax.block_until_ready((state, metrics))
-            times.append(time.perf_counter() - t0)
-    med = statistics.median(times[1:])
-    return dict(task, compile_s=times[0] - med, step_s=med, steps_s=times[1:], images_per_s=BATCH / med,
-                loss=float(metrics[0]) / BATCH)
+            box["state"], box["metrics"] = step(box["state"], x_all, y_all, idx, key)
+            jax.block_until_ready((box["state"], box["metrics"]))
+        box["i"] += 1
+        return time.perf_counter() - t0
+
+    return run
 
 
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-def measure_conv_layer(task: dict) -> dict:
-    """Forward + backward (input and kernel gradients) of one 3x3, 64 -> 64 convolution on [128, 32, 32]."""
+def prepare_conv_layer(task: dict):
+    """Forward + both gradients of one 3x3, 64 -> 64 convolution on [128, 32, 32, 64]; ``run() -> seconds``."""
     import jax
     import jax.numpy as jnp
 
@@ -192,85 +191,129 @@ def measure_conv_layer(task: dict) -> dict:
         return jnp.sum(jax.nn.relu(y).astype(jnp.float32))
 
     grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
-    times = []
-    for _ in range(task["repeats"] + 1):
+
+    def run() -> float:
         t0 = time.perf_counter()
         jax.block_until_ready(grad(w, x))
-        times.append(time.perf_counter() - t0)
-    med = statistics.median(times[1:])
-    flops = 3 * 2 * b * h * h * c * c * 9  # forward + two backward convolutions
-    return dict(task, step_s=med, steps_s=times[1:], gflops=flops / med / 1e9)
+        return time.perf_counter() - t0
+
+    return run
+
+
+CONV_LAYER_FLOPS = 3 * 2 * BATCH * 32 * 32 * 64 * 64 * 9  # forward + two backward convolutions
+
+
+def measure(tasks: list) -> list:
+    """Times the tasks in this process, interleaved: round r runs one step of every task in turn.
+
+    Interleaving makes the tasks share the same background load, so the
+    per-round ratios to task 0 are much steadier than separate runs.
+    """
+    runs = [prepare_conv_layer(t) if t["kind"] == "conv-layer" else prepare_train_step(t) for t in tasks]
+    compile_s = [run() for run in runs]  # first call: trace + compile + one step
+    repeats = max(t["repeats"] for t in tasks)
+    times = [[run() for run in runs] for _ in range(repeats)]
+    results = []
+    for i, task in enumerate(tasks):
+        mine = [r[i] for r in times]
+        med = statistics.median(mine)
+        out = dict(task, compile_s=compile_s[i] - med, step_s=med, steps_s=mine)
+        if task["kind"] == "conv-layer":
+            out["gflops"] = CONV_LAYER_FLOPS / med / 1e9
+        else:
+            out["images_per_s"] = BATCH / med
+        if i > 0:
+            ratios = [r[0] / r[i] for r in times]
+            out["speedup"] = statistics.median(ratios)
+            out["speedup_range"] = [min(ratios), max(ratios)]
+            out["ref_step_s"] = statistics.median(r[0] for r in times)
+        results.append(out)
+    return results
 
 
 # ----------------------------------------------------------------------------- driver side
 
 
-def run_task(task: dict, flags: str = "") -> dict:
-    """Runs ``measure(task)`` in a fresh interpreter with XLA_FLAGS=flags."""
+def run_group(tasks: list, flags: str = "") -> list:
+    """Runs ``measure(tasks)`` in a fresh interpreter with XLA_FLAGS=flags."""
     env = dict(os.environ, XLA_FLAGS=flags)
     env.pop("JAX_ENABLE_X64", None)
-    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(task)], env=env, cwd=REPO,
+    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(tasks)], env=env, cwd=REPO,
                           capture_output=True, text=True)
     if proc.returncode != 0:
-        return dict(task, flags=flags, error=proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed")
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    result["flags"] = flags
-    return result
+        reason = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"
+        return [dict(t, flags=flags, error=reason) for t in tasks]
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    for r in results:
+        r["flags"] = flags
+    return results
+
+
+def run_task(task: dict, flags: str = "") -> dict:
+    return run_group([task], flags)[0]
 
 
 def _show(r: dict) -> None:
     print(json.dumps({k: v for k, v in r.items() if k != "steps_s"}), flush=True)
 
 
-def paired(base: dict, trials: list, alternate: bool = True) -> list:
-    """Runs base, trial 1, base, trial 2, base, ... and rates each trial against its neighbouring baselines.
+def interleaved(base: dict, trials: list) -> list:
+    """Base and trials in one process, timed round-robin; speed-up = median per-round ratio to the base."""
+    tasks = [dict(base, label=f"baseline ({base['model']})")] + [dict(base, **change, label=label)
+                                                               for label, change in trials]
+    rows = run_group(tasks)
+    for r in rows:
+        _show(r)
+    return rows
 
-    Other jobs share this machine and its load drifts within minutes, so a
-    trial is compared with the mean of the baseline runs just before and
-    just after it rather than with one baseline taken at the start.
+
+def paired_flags(base: dict, trials: list) -> list:
+    """XLA flags are per process: runs base, trial 1, base, trial 2, base, ... in fresh processes.
+
+    Each trial is rated against the mean of the baseline runs just before and
+    just after it, because the background load on a shared machine drifts
+    within minutes.
     """
-    rows, before = [], run_task(base)
-    before["label"] = "baseline (" + base["model"] + ")"
-    rows.append(before)
+    label = f"baseline ({base['model']}, separate processes)"
+    before = dict(run_task(base), label=label)
+    rows = [before]
     _show(before)
-    for label, change, flags in trials:
-        trial = run_task({**base, **change}, flags)
-        trial["label"] = label
-        after = run_task(base) if alternate else before
+    for name, flags in trials:
+        trial = dict(run_task(base, flags), label=name)
+        after = dict(run_task(base), label=label)
         refs = [b["step_s"] for b in (before, after) if "error" not in b]
         if refs and "error" not in trial:
             trial["ref_step_s"] = sum(refs) / len(refs)
             trial["speedup"] = trial["ref_step_s"] / trial["step_s"]
-        rows.append(trial)
+            trial["speedup_range"] = [min(refs) / trial["step_s"], max(refs) / trial["step_s"]]
+        rows += [trial, after]
         _show(trial)
-        if alternate:
-            after["label"] = "baseline (" + base["model"] + ")"
-            rows.append(after)
-            _show(after)
+        _show(after)
         before = after
     return rows
 
 
 def run_experiments(repeats: int | None) -> list:
-    """Part 2: what makes convolution training faster on XLA:CPU (each row rated against its own baselines)."""
-    small = dict(kind="train-step", model="small-cnn", shape=(32, 32, 3), repeats=repeats or 5)
-    rows = paired(small, [
-        ("bfloat16 compute (float32 params)", dict(dtype="bfloat16"), ""),
-        ("jax.default_matmul_precision('bfloat16')", dict(matmul_precision="bfloat16"), ""),
-        ("im2col + matmul for the 3x3 convolutions", dict(im2col=True), ""),
-        ("no state donation", dict(donate=False), ""),
-    ] + [(label, {}, flags) for label, flags in XLA_FLAG_TRIALS])
-    # DenseNet-121's first two dense blocks: half of their convolutions are 1x1.
+    """Part 2: what makes convolution training faster on XLA:CPU."""
+    small = dict(kind="train-step", model="small-cnn", shape=(32, 32, 3), repeats=repeats or 6)
+    rows = interleaved(small, [
+        ("bfloat16 compute (float32 params)", dict(dtype="bfloat16")),
+        ("jax.default_matmul_precision('bfloat16')", dict(matmul_precision="bfloat16")),
+        ("im2col + matmul for the 3x3 convolutions", dict(im2col=True)),
+        ("no state donation", dict(donate=False)),
+    ])
+    rows += paired_flags(dict(small, repeats=repeats or 4), XLA_FLAG_TRIALS)
+    # DenseNet-121's first dense block (32x32, 6 bottleneck layers): half of its convolutions are 1x1.
     dense = dict(kind="train-step", model="densenet121", shape=(32, 32, 3), repeats=repeats or 2,
-                 kwargs=dict(stages=[6, 12]))
-    rows += paired(dense, [("1x1 convolutions as XLA convolutions instead of matmuls",
-                            dict(pointwise_as_conv=True), "")], alternate=False)
+                 kwargs=dict(stages=[6]))
+    rows += interleaved(dense, [("1x1 convolutions as XLA convolutions instead of matmuls",
+                                 dict(pointwise_as_conv=True))])
     resnet = dict(kind="train-step", model="resnet18", shape=(32, 32, 3), repeats=repeats or 2)
-    rows += paired(resnet, [("bfloat16 compute (float32 params)", dict(dtype="bfloat16"), "")], alternate=False)
-    base_layer = dict(kind="conv-layer", model="one 3x3 conv layer", layout="NHWC", dtype="float32", repeats=5)
-    layer_rows = paired(base_layer, [("NCHW layout", dict(layout="NCHW"), ""),
-                                     ("bfloat16", dict(dtype="bfloat16"), "")], alternate=False)
-    return rows + layer_rows
+    rows += interleaved(resnet, [("bfloat16 compute (float32 params)", dict(dtype="bfloat16"))])
+    layer = dict(kind="conv-layer", model="one 3x3 conv layer", layout="NHWC", dtype="float32",
+                 repeats=repeats or 5)
+    rows += interleaved(layer, [("NCHW layout", dict(layout="NCHW")), ("bfloat16", dict(dtype="bfloat16"))])
+    return rows
 
 
 def _fmt(r: dict, key: str, fmt: str) -> str:
@@ -341,18 +384,22 @@ def write_report(out: Path, victims, trials, load_before, load_after, seconds, a
              f"forward, backward, optax update) at batch {BATCH} on random uint8 images, 10 classes, each "
              f"victim's default recipe; median over the timed steps after the compiling one, each "
              f"measurement in a fresh process.", "",
-             "| victim | input | compile (s) | step (s) | images/s | timed steps |", "|---|---|---|---|---|---|"]
+             "| victim | input | compile (s) | step (s) | images/s | 50k-image epoch (min) | timed steps |",
+             "|---|---|---|---|---|---|---|"]
     for r in victims:
+        epoch = _fmt(r, "images_per_s", "") if "error" in r else f"{50_000 / r['images_per_s'] / 60:,.1f}"
         lines.append(f"| {r['model']} | {_shape(r['shape'])} | {_fmt(r, 'compile_s', '.1f')} | "
-                     f"{_fmt(r, 'step_s', '.3f')} | {_fmt(r, 'images_per_s', ',.0f')} | {r['repeats']} |")
+                     f"{_fmt(r, 'step_s', '.3f')} | {_fmt(r, 'images_per_s', ',.0f')} | {epoch} | {r['repeats']} |")
     if trials:
         lines += ["", "## Making convolution training faster on XLA:CPU", "",
-                  "Each trial runs between two baseline runs of the same workload (fresh processes) and its "
-                  "speed-up is the mean baseline step time over the trial's step time (>1 = faster). "
-                  "Workloads: `small-cnn` training step (32x32x3, batch 128); DenseNet-121's first two dense "
-                  "blocks (`stages=(6, 12)`), ResNet-18 training steps; one 3x3 64->64 convolution layer "
-                  "(forward + both gradients, [128, 32, 32, 64]).", "",
-                  "| workload | trial | XLA_FLAGS | step (s) | throughput | speed-up |", "|---|---|---|---|---|---|"]
+                  "Workloads: `small-cnn` training step (32x32x3, batch 128); DenseNet-121's first dense "
+                  "block (`stages=(6,)`); a ResNet-18 training step; one 3x3 64->64 convolution layer "
+                  "(forward + both gradients on [128, 32, 32, 64]). Trials without XLA flags run in one process "
+                  "with their baseline, one step of each in turn per round, and the speed-up is the median "
+                  "per-round ratio (baseline time / trial time; >1 = faster). XLA flags need their own "
+                  "process: each flagged run sits between two baseline runs and is rated against their mean.",
+                  "", "| workload | trial | XLA_FLAGS | step (s) | throughput | speed-up | range |",
+                  "|---|---|---|---|---|---|---|"]
         for t in trials:
             if "error" in t:
                 lines.append(f"| {t.get('model', '')} | {t['label']} | `{t['flags'] or '-'}` | "
@@ -360,8 +407,21 @@ def write_report(out: Path, victims, trials, load_before, load_after, seconds, a
                 continue
             thr = f"{t['gflops']:.1f} GFLOP/s" if t["kind"] == "conv-layer" else f"{t['images_per_s']:,.0f} img/s"
             speed = f"**{t['speedup']:.2f}x**" if "speedup" in t else "(baseline)"
+            spread = "{:.2f}-{:.2f}".format(*t["speedup_range"]) if "speedup_range" in t else ""
             lines.append(f"| {t.get('model', '')} | {t['label']} | `{t['flags'] or '-'}` | {t['step_s']:.3f} | "
-                         f"{thr} | {speed} |")
+                         f"{thr} | {speed} | {spread} |")
+        rated = [t for t in trials if "speedup" in t]
+        verdict = lambda lo, hi: ", ".join(f"{t['label']} ({t['model']}, {t['speedup']:.2f}x)"  # noqa: E731
+                                           for t in rated if lo <= t["speedup"] < hi) or "none"
+        lines += ["", f"- Helped (>= 1.15x): {verdict(1.15, float('inf'))}.",
+                  f"- No clear effect (within 15%, i.e. inside this machine's noise): {verdict(0.87, 1.15)}.",
+                  f"- Hurt (< 0.87x): {verdict(0.0, 0.87)}.", "",
+                  "What the victims use as a result: 1x1 convolutions (DenseNet bottlenecks and transitions, "
+                  "ResNet/WRN projection shortcuts) are `defenses.models.layers.PointwiseConv`, a matmul over "
+                  "channels, because XLA:CPU's convolution emitter is much slower than its matmul for 1x1 "
+                  "kernels; everything else stays float32 NHWC `nn.Conv` with default XLA flags and donated "
+                  "train state. bfloat16 compute remains available per run (`model_kwargs={'dtype': "
+                  "jnp.bfloat16}`) for machines where it pays off (e.g. GPUs)."]
     lines += ["", f"Machine: {machine_info()}.  ",
               f"Load average before/after (1, 5, 15 min): {', '.join(f'{v:.2f}' for v in load_before)} / "
               f"{', '.join(f'{v:.2f}' for v in load_after)}.", "",

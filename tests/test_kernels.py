@@ -162,3 +162,9 @@ def test_get_tuple_matches_single_calls(key):
     np.testing.assert_allclose(ntk, kf(x1, x2), rtol=1e-13)
     # The NTK adds the (positive) gradient contributions of every layer to the NNGP.
     assert np.all(np.asarray(ntk) > np.asarray(nngp))
+
+
+def test_numpy_scalars_are_accepted_and_normalised():
+    cfg = kernels.make("cnn", depth=np.int64(3), W_std=np.float32(1.5), stride=(np.int32(1), 2)).config
+    assert cfg.depth == 3 and type(cfg.depth) is int
+    assert type(cfg.W_std) is float and cfg.stride == (1, 2) and type(cfg.stride[0]) is int

@@ -71,7 +71,15 @@ def test_fixture_is_small_and_complete():
     assert {c["inputs"] for c in cases} >= {"grey8", "rgb8", "mnist28", "cifar32"}
 
 
-@pytest.mark.parametrize("case", _cases(), ids=lambda c: c["id"])
+def _params():
+    # The reference surrogates always run; the architecture variations (each
+    # compiles its own graph, a few seconds apiece) are also marked slow so a
+    # quick run can deselect them with -m "not slow".
+    return [pytest.param(c, id=c["id"], marks=() if "_default_" in c["id"] else pytest.mark.slow)
+            for c in _cases()]
+
+
+@pytest.mark.parametrize("case", _params())
 def test_matches_neural_tangents(case):
     fx = _fixture()
     kernel_fn = kernels.make(case["kernel"], **_overrides(case))

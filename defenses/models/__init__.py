@@ -108,7 +108,7 @@ MODELS: dict[str, ModelSpec] = {
                      description="Wide ResNet WRN-16-4 (depth/widen overridable; SGD 0.1 cosine, crop+flip)"),
     "small-cnn": ModelSpec(SmallCNN, loss="ce", optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=5e-4,
                            schedule="cosine", batch_norm=True,
-                           description="fast CPU CNN: 3 x [Conv3x3-BN-ReLU-MaxPool] 32-64-128, dense readout"),
+                           description="fast CPU CNN: 3 x [Conv3x3-BN-ReLU-MaxPool] 32-64-128, avg-pool, dense readout"),
 }
 
 

@@ -3,10 +3,12 @@
 ``PointwiseConv`` computes a 1x1 convolution as a matmul over the channel
 axis (``nn.Dense``), subsampling first when strided. It is the same function
 as ``nn.Conv(features, (1, 1), strides=s, padding="SAME")`` with the kernel
-reshaped from [1, 1, C, F] to [C, F], but XLA:CPU runs its convolution
-emitter ~6-9x slower than a matmul for 1x1 kernels (forward + backward of
-[128, 8, 8, 512] -> 128 channels: ~300 ms as a convolution, 32-52 ms as a
-dot; see benchmarks/results/victims.md). DenseNet-121 is half 1x1 convolutions.
+reshaped from [1, 1, C, F] to [C, F], but XLA:CPU runs 1x1 kernels through
+its convolution emitter far slower than through its matmul: forward +
+backward of [128, 8, 8, 512] -> 128 channels took ~300 ms as a convolution
+and 32-52 ms as a dot (one-off measurement, shared 2-core machine), and a
+training step of DenseNet-121's first dense block runs ~1.5x faster with it
+(benchmarks/results/victims.md). Half of DenseNet-121's convolutions are 1x1.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from typing import Any, Callable
 
 import jax
@@ -37,13 +38,13 @@ PADDINGS = ("SAME", "VALID")
 
 
 def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int,)) or value < minimum:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise UserInputError(f"{name}={value!r} is invalid; expected an integer >= {minimum}")
     return int(value)
 
 
 def _std(name: str, value: Any, allow_zero: bool) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise UserInputError(f"{name}={value!r} is invalid; expected a finite standard deviation {bound}")
@@ -60,13 +61,21 @@ def _choice(name: str, value: Any, accepted: tuple[str, ...]) -> str:
 def _pair(name: str, value: Any) -> tuple[int, int]:
     if isinstance(value, (tuple, list)) and len(value) == 2:
         return _positive_int(name, value[0]), _positive_int(name, value[1])
-    if isinstance(value, int) and not isinstance(value, bool):
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         v = _positive_int(name, value)
         return v, v
     raise UserInputError(f"{name}={value!r} is invalid; expected a positive integer or a pair of them")
 
 
 # --------------------------------------------------------------------------- configs
+
+
+def _set(config, **fields) -> None:
+    """Stores validated, normalised values (plain int/float/str/tuples: 2 -> (2, 2),
+    "same" -> "SAME", numpy scalars -> Python) so equal configs compare equal and
+    serialise to JSON."""
+    for key, value in fields.items():
+        object.__setattr__(config, key, value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,12 +89,12 @@ class FnnConfig:
     readout: bool = False
 
     def __post_init__(self):
-        _positive_int("depth", self.depth)
-        _choice("activation", self.activation, ACTIVATIONS)
-        _std("W_std", self.W_std, allow_zero=False)
-        _std("b_std", self.b_std, allow_zero=True)
         if not isinstance(self.readout, bool):
             raise UserInputError(f"readout={self.readout!r} is invalid; expected True or False")
+        _set(self, depth=_positive_int("depth", self.depth),
+             activation=_choice("activation", self.activation, ACTIVATIONS),
+             W_std=_std("W_std", self.W_std, allow_zero=False),
+             b_std=_std("b_std", self.b_std, allow_zero=True))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,15 +111,14 @@ class CnnConfig:
     dense_layers: int = 3
 
     def __post_init__(self):
-        _positive_int("depth", self.depth)
-        _choice("activation", self.activation, ACTIVATIONS)
-        _std("W_std", self.W_std, allow_zero=False)
-        _std("b_std", self.b_std, allow_zero=True)
-        # Normalise int -> pair and "same" -> "SAME" so equal configs compare equal.
-        object.__setattr__(self, "filter_size", _pair("filter_size", self.filter_size))
-        object.__setattr__(self, "stride", _pair("stride", self.stride))
-        object.__setattr__(self, "padding", _choice("padding", self.padding, PADDINGS))
-        _positive_int("dense_layers", self.dense_layers, minimum=0)
+        _set(self, depth=_positive_int("depth", self.depth),
+             activation=_choice("activation", self.activation, ACTIVATIONS),
+             W_std=_std("W_std", self.W_std, allow_zero=False),
+             b_std=_std("b_std", self.b_std, allow_zero=True),
+             filter_size=_pair("filter_size", self.filter_size),
+             stride=_pair("stride", self.stride),
+             padding=_choice("padding", self.padding, PADDINGS),
+             dense_layers=_positive_int("dense_layers", self.dense_layers, minimum=0))
 
 
 def _coerce(cls, name: str, overrides: dict[str, Any]):
