@@ -56,8 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(dataset=None)
     for action in p._actions:  # the shared flag's help assumes a fixed default
         if action.dest == "dataset":
-            action.help = ("dataset spec (default: with --poisons the one recorded in the poison manifest, "
-                           "e.g. for a moved copy of the same data; otherwise digits)")
+            action.help = ("dataset spec (default: digits; with --poisons, the one recorded in the poison "
+                           "manifest: pass it to point at a moved copy of the same data, checked by content hash)")
     g = p.add_argument_group("what to train")
     g.add_argument("--model", default="small-cnn", metavar="A[,B...]",
                    help=f"victims, comma-separated: {', '.join(MODELS)} (default: small-cnn)")

@@ -28,6 +28,12 @@ def _pyplot():
     return plt
 
 
+def MaxNLocator(**kwargs):
+    from matplotlib.ticker import MaxNLocator as locator
+
+    return locator(**kwargs)
+
+
 def _save(plt, fig, path: str | Path) -> Path:
     """tight_layout, then write via a temporary file so a reader never sees half a PNG."""
     fig.tight_layout()
@@ -40,6 +46,17 @@ def _save(plt, fig, path: str | Path) -> Path:
         plt.close(fig)
         tmp.unlink(missing_ok=True)
     return path
+
+
+def _wrap(label: str, width: int = 24) -> str:
+    """Breaks long breaker specs before '@' or '+' so tick labels and legends stay narrow."""
+    lines, line = [], ""
+    for part in label.replace("+", "\0+").replace("@", "\0@").split("\0"):
+        if line and len(line) + len(part) > width:
+            lines.append(line)
+            line = ""
+        line += part
+    return "\n".join(lines + [line])
 
 
 def _pct(values) -> np.ndarray:
@@ -66,20 +83,22 @@ def plot_bars(results: Mapping[str, Any], path: str | Path) -> Path:
             means = _pct(r[f"{kind}_mean"] for r in rows)
             stds = np.nan_to_num(_pct(r[f"{kind}_std"] for r in rows))
             ax.bar(x + offset, means, 0.4, yerr=stds, capsize=3, color=colour, label=f"{kind} test accuracy")
-            for xi, m in zip(x + offset, means):
-                ax.annotate(f"{m:.1f}", (xi, m), textcoords="offset points", xytext=(0, 2), ha="center",
-                            fontsize=7)
+            for xi, m, sd in zip(x + offset, means, stds):
+                if np.isfinite(m):  # above the error bar, so the two never overlap
+                    ax.annotate(f"{m:.1f}", (xi, m + sd), textcoords="offset points", xytext=(0, 2),
+                                ha="center", fontsize=7)
         for cond, style in (("clean", "--"), ("poisoned", ":")):
             if cond in summary[model]:
                 ax.axhline(100 * summary[model][cond]["final_mean"], color="grey", linestyle=style, linewidth=1,
                            label=f"{cond} (final)")
         ax.set_xticks(x)
-        ax.set_xticklabels([r["label"] for r in rows], rotation=20, ha="right", fontsize=8)
-        ax.set_ylim(0, 105)
+        ax.set_xticklabels([_wrap(r["label"]) for r in rows], rotation=20, ha="right", fontsize=8)
+        ax.set_ylim(0, 119)  # headroom for the legend above 100%
+        ax.set_yticks(np.arange(0, 101, 20))
         ax.set_ylabel("test accuracy (%)")
         n = max(r["n"] for r in rows)
         ax.set_title(f"{_title(model, results)}; mean ± std over {n} seed{'s' if n > 1 else ''}", fontsize=9)
-        ax.legend(fontsize=7, loc="upper right", ncol=2)
+        ax.legend(fontsize=7, loc="upper center", ncol=4, frameon=False)
         ax.grid(axis="y", alpha=0.3)
     return _save(plt, fig, path)
 
@@ -89,7 +108,7 @@ def plot_curves(results: Mapping[str, Any], path: str | Path) -> Path:
     plt = _pyplot()
     summary = results["summary"]
     models = list(summary)
-    fig, axes = plt.subplots(1, len(models), figsize=(6.0 * len(models), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(models), figsize=(8.5 * len(models), 4.2), squeeze=False)
     for ax, model in zip(axes[0], models):
         for i, row in enumerate(summary[model].values()):
             curve = _pct(row["test_acc_curve_mean"])
@@ -97,12 +116,13 @@ def plot_curves(results: Mapping[str, Any], path: str | Path) -> Path:
             seen = np.isfinite(curve)  # epochs skipped by --eval-every are not drawn
             style = "--" if row["data"] == "clean" and row["breaker"] is None else "-"
             ax.plot(epochs[seen], curve[seen], style, marker="o" if seen.sum() < 15 else None, markersize=3,
-                    color=plt.cm.tab10(i % 10), label=row["label"])
+                    color=plt.cm.tab10(i % 10), label=_wrap(row["label"]))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel("test accuracy (%), mean over seeds")
         ax.set_ylim(0, 100)
         ax.set_title(_title(model, results), fontsize=9)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
         ax.grid(alpha=0.3)
     return _save(plt, fig, path)
 

@@ -91,6 +91,9 @@ def evaluate(data: EvalData, victims: Sequence[Victim], conditions: Sequence[Con
         raise UserInputError(f"--seeds must be at least 1, got {seeds}")
     for victim in victims:
         check_victim(victim, data.image_shape, data.num_classes, len(data.x_clean))
+    for condition in conditions:  # builds the training-time hooks once, so a clash shows now
+        if condition.breaker is not None:
+            condition.breaker.hooks(data.num_classes)
     settings = {**data.identity, "base_seed": int(base_seed), "train_config": dataclasses.asdict(config)}
     plan = {"models": [v.name for v in victims], "conditions": [c.to_json() for c in conditions], "seeds": seeds}
     info = {"data": data.describe, "poison_manifest": data.poison_manifest,
@@ -98,9 +101,12 @@ def evaluate(data: EvalData, victims: Sequence[Victim], conditions: Sequence[Con
             "library_versions": library_versions(), "device": _device(), **(extra_info or {})}
     store = ResultsStore.open(out, settings=settings, plan=plan, info=info, resume=resume)
     out = store.path.parent
+    planned = len(victims) * len(conditions) * seeds
     skipped = sum(store.done(v.name, c.id, s) for v in victims for c in conditions for s in range(seeds))
     if skipped:
         log(f"resuming {store.path}: {skipped} finished run(s) skipped")
+    log(f"{planned - skipped} run(s) to train: {len(victims)} victim(s) x {len(conditions)} condition(s) x "
+        f"{seeds} seed(s); results in {out}")
 
     def save(record: dict[str, Any]) -> None:
         store.add(record)
@@ -108,6 +114,7 @@ def evaluate(data: EvalData, victims: Sequence[Victim], conditions: Sequence[Con
 
     trained = run_all(data, victims, conditions, seeds, base_seed, done=store.done, save=save,
                       progress=progress, log=log)
+    store.save()
     results = store.results()
     names = figures.write_figures(results, out)
     text = markdown(results, names)

@@ -175,7 +175,8 @@ def markdown_tables(results: Mapping[str, Any]) -> str:
             lines += ["| condition | final acc (%) | peak acc (%) | final vs clean (pp) | seeds |",
                       "|---|---|---|---|---|"]
             for row in rows.values():
-                delta = "—" if clean is None or row is clean else f"{100 * (row['final_mean'] - clean['final_mean']):+.2f}"
+                delta = ("—" if clean is None or row is clean
+                         else f"{100 * (row['final_mean'] - clean['final_mean']):+.2f}")
                 lines.append(f"| {row['label']} | {_pct(row['final_mean'], row['final_std'])} | "
                              f"{_pct(row['peak_mean'], row['peak_std'])} | {delta} | {row['n']} |")
         lines.append("")

@@ -173,7 +173,6 @@ def check_victim(victim: Victim, image_shape: Sequence[int], num_classes: int, n
         raise UserInputError(f"--batch-size {victim.config.batch_size} exceeds the {num_train} training images; "
                              f"use at most {num_train}")
     spec = get_model(victim.name)
-    victim.config.resolved(spec)
     module = spec.build(num_classes, **module_kwargs(victim.opts))
 
     def init():

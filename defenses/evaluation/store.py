@@ -65,6 +65,38 @@ def _differences(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "
     return out
 
 
+def _refuse_changes(path: Path, what: str, old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> None:
+    diff = _differences(old, new, prefix)
+    if diff:
+        raise UserInputError(f"cannot resume {path}: {what} different settings (" + "; ".join(diff[:5])
+                             + ("; ..." if len(diff) > 5 else "") + "). Use the same settings, or another --out")
+
+
+def _resumed(path: Path, settings: dict[str, Any], plan: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
+    """The payload of an existing results file, checked against the new settings, with the plans merged."""
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserInputError(f"cannot resume: {path} is not readable JSON ({err})") from None
+    if not isinstance(old, dict) or old.get("format") != FORMAT or not isinstance(old.get("runs"), list):
+        raise UserInputError(f"cannot resume: {path} is not a {FORMAT} results file")
+    _refuse_changes(path, "it was made with", old.get("settings", {}), settings)
+    # A victim already in the file must be trained the same way as before.
+    for model, new_info in info.get("models", {}).items():
+        old_info = old.get("models", {}).get(model)
+        if old_info is not None:
+            _refuse_changes(path, f"{model} was trained with", {k: old_info.get(k) for k in _MODEL_KEYS},
+                            {k: new_info.get(k) for k in _MODEL_KEYS}, f"{model}.")
+    merged = {
+        "models": _merge_list(old["plan"]["models"], plan["models"]),
+        "conditions": _merge_list(old["plan"]["conditions"], plan["conditions"], key=lambda c: c["id"]),
+        "seeds": max(old["plan"]["seeds"], plan["seeds"]),
+    }
+    info = {**info, "models": {**old.get("models", {}), **info.get("models", {})},
+            "breakers": {**old.get("breakers", {}), **info.get("breakers", {})}}
+    return {**old, **info, "plan": merged}
+
+
 class ResultsStore:
     """The results of one evaluation directory, kept in memory and mirrored to ``results.json``.
 
@@ -102,42 +134,14 @@ class ResultsStore:
             raise UserInputError(f"{path} already exists; pass --resume to continue it with the same settings, "
                                  "or choose another --out")
         if resume and path.exists():
-            try:
-                old = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-                raise UserInputError(f"cannot resume: {path} is not readable JSON ({err})") from None
-            if not isinstance(old, dict) or old.get("format") != FORMAT or not isinstance(old.get("runs"), list):
-                raise UserInputError(f"cannot resume: {path} is not a {FORMAT} results file")
-            diff = _differences(old.get("settings", {}), settings)
-            if diff:
-                raise UserInputError(f"cannot resume {path}: it was made with different settings ("
-                                     + "; ".join(diff[:5]) + ("; ..." if len(diff) > 5 else "")
-                                     + "). Use the same settings, or another --out")
-            # A victim already in the file must be trained the same way as before.
-            for model, new_info in info.get("models", {}).items():
-                old_info = old.get("models", {}).get(model)
-                if old_info is None:
-                    continue
-                diff = _differences({k: old_info.get(k) for k in _MODEL_KEYS}, {k: new_info.get(k) for k in _MODEL_KEYS},
-                                    f"{model}.")
-                if diff:
-                    raise UserInputError(f"cannot resume {path}: {model} was trained with different settings ("
-                                         + "; ".join(diff[:5]) + "). Use the same settings, or another --out")
-            merged = {
-                "models": _merge_list(old["plan"]["models"], plan["models"]),
-                "conditions": _merge_list(old["plan"]["conditions"], plan["conditions"], key=lambda c: c["id"]),
-                "seeds": max(old["plan"]["seeds"], plan["seeds"]),
-            }
-            info = {**info, "models": {**old.get("models", {}), **info.get("models", {})},
-                    "breakers": {**old.get("breakers", {}), **info.get("breakers", {})}}
-            payload = {**old, **info, "plan": merged, "created": old.get("created", _now())}
+            payload = _resumed(path, settings, plan, info)
         else:
             out.mkdir(parents=True, exist_ok=True)
             payload = {"format": FORMAT, "complete": False, "created": _now(), **info,
                        "settings": settings, "plan": plan, "runs": []}
-        store = cls(path, payload)
-        store.save()
-        return store
+        # Nothing is written until the first run finishes: a failure before any training
+        # leaves no results file behind (that a rerun without --resume would refuse).
+        return cls(path, payload)
 
     @property
     def plan(self) -> dict[str, Any]:
