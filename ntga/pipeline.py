@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -119,8 +118,7 @@ def generate(split: Split, options: GenerateOptions, out: str | Path, *, seed: i
         y_target_onehot=one_hot(split.y_target, k, dtype),
         block_size=opts.block_size,
     )
-    settings = {k_: v for k_, v in asdict(opts).items()}
-    settings["step_size"] = config.step_size
+    settings = {**asdict(opts), "step_size": config.step_size}
     fingerprint = {
         "method": "ntga", **settings, "seed": seed,
         "dataset": ds.spec, "dataset_content_hash": ds.content_hash,
@@ -159,7 +157,7 @@ def generate(split: Split, options: GenerateOptions, out: str | Path, *, seed: i
     }
     path = finish_poison_dir(out, x_poison=x_poison, y=split.y_train, source_indices=split.train_idx,
                              target_indices=split.target_idx, x_clean=split.x_train,
-                             class_names=ds.class_names, manifest=json.loads(json.dumps(manifest)))
+                             class_names=ds.class_names, manifest=manifest)
     print(f"wrote {path}: {len(x_poison)} protected images in {len(summary.block_stats)} blocks; GP accuracy on "
           f"the target set, mean over blocks: clean {100 * clean_acc:.2f}% -> poisoned {100 * poisoned_acc:.2f}%")
     return path
