@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ntga import atomic
 from ntga.errors import UserInputError
 
 WORK_DIR = ".work"
@@ -78,19 +77,6 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     return k - 1, n
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class BlockStore:
     """The ``OUT/.work`` directory of one run: fingerprint plus one file pair per finished block."""
 
@@ -126,7 +112,7 @@ class BlockStore:
                 "`ntga.generate` (or its work files were removed after completion)"
             )
         self.work.mkdir(parents=True, exist_ok=True)
-        _atomic_write_bytes(run_file, json.dumps(fingerprint, indent=2, sort_keys=True).encode())
+        atomic.write_bytes(run_file, json.dumps(fingerprint, indent=2, sort_keys=True).encode())
 
     # -- blocks -----------------------------------------------------------------------
     def _paths(self, index: int) -> tuple[Path, Path]:
@@ -138,8 +124,8 @@ class BlockStore:
         npy, meta = self._paths(index)
         buf = io.BytesIO()
         np.save(buf, np.ascontiguousarray(x_uint8, dtype=np.uint8), allow_pickle=False)
-        _atomic_write_bytes(npy, buf.getvalue())
-        _atomic_write_bytes(meta, json.dumps({"index": index, "shape": list(x_uint8.shape), **stats}).encode())
+        atomic.write_bytes(npy, buf.getvalue())
+        atomic.write_bytes(meta, json.dumps({"index": index, "shape": list(x_uint8.shape), **stats}).encode())
 
     def load_block(self, index: int, expected_shape: tuple[int, ...]) -> tuple[np.ndarray, dict[str, Any]] | None:
         """Returns a finished block, or None if it is absent or unusable (then it is recomputed)."""

@@ -28,10 +28,8 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import platform
 import sys
-import tempfile
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -39,6 +37,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ntga import atomic
 from ntga.budget import NORMS, check_budget, perturbation_norms
 from ntga.errors import UserInputError
 
@@ -194,10 +193,8 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
 
 
 def _save_array(out: Path, name: str, array: np.ndarray) -> dict:
-    tmp = out / f".{name}.tmp"
-    with open(tmp, "wb") as f:
+    with atomic.atomic_open(out / name) as f:
         np.save(f, np.ascontiguousarray(array), allow_pickle=False)
-    os.replace(tmp, out / name)
     return {"sha256": _sha256(out / name), "shape": list(array.shape), "dtype": str(array.dtype)}
 
 
@@ -281,15 +278,7 @@ def write_poison_dir(
         created=datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
         library_versions=_library_versions(),
     )
-    fd, tmp = tempfile.mkstemp(prefix=".manifest.", suffix=".tmp", dir=out)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(record, f, indent=2, allow_nan=False)
-            f.write("\n")
-        os.replace(tmp, out / MANIFEST)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic.write_json(out / MANIFEST, record)
     return out
 
 

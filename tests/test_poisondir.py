@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ntga import budget, export
+from ntga import budget
 from ntga import poisondir as pd
 from ntga.errors import UserInputError
 

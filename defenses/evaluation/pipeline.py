@@ -9,14 +9,13 @@ writes the figures and the complete report.
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
 
 from defenses.train import TrainConfig
+from ntga import atomic
 from ntga.errors import UserInputError
 
 from . import figures
@@ -26,17 +25,6 @@ from .runs import Condition, Victim, check_victim, run_all
 from .store import ResultsStore
 
 REPORT = "results.md"
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _device() -> str:
@@ -110,7 +98,7 @@ def evaluate(data: EvalData, victims: Sequence[Victim], conditions: Sequence[Con
 
     def save(record: dict[str, Any]) -> None:
         store.add(record)
-        write_text_atomic(out / REPORT, markdown(store.results()))
+        atomic.write_text(out / REPORT, markdown(store.results()))
 
     trained = run_all(data, victims, conditions, seeds, base_seed, done=store.done, save=save,
                       progress=progress, log=log)
@@ -118,5 +106,5 @@ def evaluate(data: EvalData, victims: Sequence[Victim], conditions: Sequence[Con
     results = store.results()
     names = figures.write_figures(results, out)
     text = markdown(results, names)
-    write_text_atomic(out / REPORT, text)
+    atomic.write_text(out / REPORT, text)
     return Outcome(out=out, results=results, markdown=text, figures=names, trained=trained)

@@ -12,12 +12,11 @@ breakers), and runs already present are skipped.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
+from ntga import atomic
 from ntga.errors import UserInputError
 
 from .report import summarize
@@ -38,15 +37,7 @@ def _canonical(value: Any) -> Any:
 
 def write_json_atomic(path: Path, payload: Any) -> None:
     """Writes JSON to a temporary file in the same directory, then renames it over ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=1, allow_nan=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic.write_json(path, payload, indent=1)
 
 
 def _merge_list(old: list, new: list, key=lambda v: v) -> list:

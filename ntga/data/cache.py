@@ -16,12 +16,12 @@ cache that cannot be written (read-only disk, quota) costs speed, not the run.
 from __future__ import annotations
 
 import os
-import secrets
 import warnings
 from pathlib import Path
 
 import numpy as np
 
+from ntga import atomic
 from ntga.data.dataset import Arrays, check_arrays
 
 #: Bump when the layout of the cache file itself changes.
@@ -66,12 +66,9 @@ def read_cache(path: Path, content_hash: str) -> Arrays | None:
 
 def write_cache(path: Path, content_hash: str, arrays: Arrays) -> bool:
     """Writes ``arrays`` atomically; returns False (with a warning) if the cache is not writable."""
-    # A unique hidden name opened with "xb" (not mkstemp, whose 0600 mode would
-    # make a shared cache folder unreadable to other users despite the umask).
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "xb") as f:
+        with atomic.atomic_open(path) as f:
             # Uncompressed: the point of the cache is load speed; JPEG sources are
             # already small and re-compressing the pixels would cost the gain.
             np.savez(
@@ -81,9 +78,6 @@ def write_cache(path: Path, content_hash: str, arrays: Arrays) -> bool:
                 content_hash=np.array(content_hash),
                 cache_format=np.array(CACHE_FORMAT),
             )
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
         return True
     except OSError as err:
         warnings.warn(
@@ -92,9 +86,3 @@ def write_cache(path: Path, content_hash: str, arrays: Arrays) -> bool:
             stacklevel=2,
         )
         return False
-    finally:
-        if tmp.exists():  # only after a failure: a successful write has been renamed
-            try:
-                tmp.unlink()
-            except OSError:
-                pass
