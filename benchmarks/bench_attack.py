@@ -43,6 +43,8 @@ import sys
 import time
 from pathlib import Path
 
+from machine import cpu_model  # benchmarks/machine.py (scripts run from this folder's path)
+
 REPO = Path(__file__).resolve().parents[1]
 MNIST = Path(os.environ.get("NTGA_SHARED_DATA", REPO.parent / "shared" / "data")) / "mnist"
 RESULTS = REPO / "benchmarks" / "results" / "attack.md"
@@ -194,14 +196,7 @@ def run_one(name: str, block: int, targets: int, repeats: int, quick: bool) -> d
 def machine_info() -> dict:
     import jax
 
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model("unknown")
     return {
         "cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
         "jax": jax.__version__, "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],

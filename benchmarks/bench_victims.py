@@ -33,6 +33,8 @@ import sys
 import time
 from pathlib import Path
 
+from machine import cpu_model  # benchmarks/machine.py (scripts run from this folder's path)
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
@@ -329,14 +331,7 @@ def machine_info() -> str:
     import flax
     import optax
 
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model("unknown CPU")
     return (f"{cpu}, {os.cpu_count()} CPUs, {platform.platform()}; Python {platform.python_version()}, "
             f"jax {jax.__version__} ({jax.default_backend()}), flax {flax.__version__}, optax {optax.__version__}")
 
