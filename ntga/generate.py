@@ -1,6 +1,6 @@
 """`python -m ntga.generate`: make a protected ("unlearnable") copy of a dataset's training split.
 
-Example (the embedded dataset, in about a minute on a laptop CPU)::
+Example (the embedded dataset; under a minute on a 2-core CPU)::
 
     python -m ntga.generate --dataset digits --out runs/digits-ntga
 
