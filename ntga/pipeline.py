@@ -92,7 +92,7 @@ def generate(split: Split, options: GenerateOptions, out: str | Path, *, seed: i
     Raises:
         UserInputError: any bad setting, before anything is written.
     """
-    from ntga.attack import AttackConfig, make_block_attack, one_hot
+    from ntga.attack import AttackConfig, make_block_attack, one_hot, to_float
     from ntga.kernels import make
     from ntga.runner import BlockJob, completed_poison_dir, finish_poison_dir, run_blocks
 
@@ -112,9 +112,9 @@ def generate(split: Split, options: GenerateOptions, out: str | Path, *, seed: i
         jax.config.update("jax_enable_x64", True)
     k = ds.num_classes
     job = BlockJob(
-        x=(split.x_train.astype(dtype) / 255.0).astype(dtype),
+        x=to_float(split.x_train, dtype),
         y_onehot=one_hot(split.y_train, k, dtype),
-        x_target=(split.x_target.astype(dtype) / 255.0).astype(dtype),
+        x_target=to_float(split.x_target, dtype),
         y_target_onehot=one_hot(split.y_target, k, dtype),
         block_size=opts.block_size,
     )
