@@ -109,9 +109,10 @@ def run_blocks(
     finished = set(store.finished(plan.num_blocks))
     todo = [i for i in mine if i not in finished]
     # Blocks of equal size run together, one per device.
+    sizes = plan.sizes()
     groups: list[list[int]] = []
-    for size in sorted({plan.sizes()[i] for i in todo}, reverse=True):
-        same = [i for i in todo if plan.sizes()[i] == size]
+    for size in sorted({sizes[i] for i in todo}, reverse=True):
+        same = [i for i in todo if sizes[i] == size]
         groups += [same[j:j + spreader.num_devices] for j in range(0, len(same), spreader.num_devices)]
 
     summary = RunSummary()
