@@ -23,7 +23,10 @@ from typing import Any, Sequence
 from ntga.data import add_dataset_args
 from ntga.errors import UserInputError, run_cli
 
-METHODS = ("ntga",)
+from ntga.methods import METHOD_NAMES as METHODS
+
+# Flags that only NTGA's pipeline reads; other methods take --method-opt.
+NTGA_ONLY = ("kernel", "kernel_opt", "random_start", "t", "block_size", "target_chunk", "dtype", "shard")
 
 
 def parse_fraction(text: str, flag: str) -> float:
@@ -55,56 +58,122 @@ def parse_kernel_opts(items: Sequence[str]) -> dict[str, Any]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m ntga.generate",
-        description="Protect a dataset's training split with Neural Tangent Generalization Attacks "
-        "(projected gradient ascent against an infinite-width NTK Gaussian process). Writes a poison "
+        description="Protect a dataset's training split, by default with Neural Tangent Generalization Attacks "
+        "(projected gradient ascent against an infinite-width NTK Gaussian process), or with another "
+        "method of the registry (--method; settings via --method-opt KEY=VALUE). Writes a poison "
         "directory (numpy arrays + manifest.json with sha256 + preview.png) that "
         "`python -m defenses.evaluate --poisons DIR` reads.",
+        epilog="methods: ntga (default), random (uniform noise; noise=sample-wise|class-wise), "
+        "em (error-minimizing noise), cuda (class-wise blur filters from a private key), sep (self-ensemble "
+        "protection), beo (Bayes-error optimisation), lsp (linearly separable patches), ops (one-pixel "
+        "shortcut), ar (autoregressive noise). `--method NAME --list-opts` prints a method's settings "
+        "and defaults. Flags marked [ntga] apply to NTGA only.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_dataset_args(p)
-    p.add_argument("--out", required=True, help="output directory (must be new or empty, unless --resume)")
+    p.add_argument("--out", default=None, help="output directory (must be new or empty, unless --resume); required")
     p.add_argument("--method", default="ntga", choices=METHODS, help="protection method")
-    p.add_argument("--kernel", default="fnn", help="surrogate kernel: fnn (5 x Dense-Erf) or cnn (2 x Conv-ReLU)")
-    p.add_argument("--kernel-opt", action="append", default=[], metavar="KEY=VALUE",
-                   help="kernel override, repeatable: depth, activation (erf|relu), W_std, b_std, ...")
+    p.add_argument("--method-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="a setting of a method other than ntga, repeatable (see --list-opts)")
+    p.add_argument("--list-opts", action="store_true", help="print the chosen method's settings and exit")
+    p.add_argument("--fraction", default="1", help="share of each class to protect, in (0, 1]; the rest "
+                   "stays clean (chosen by --seed, the same rows for every method)")
     p.add_argument("--eps", default=None, help="perturbation budget in [0,1] pixel units, e.g. 0.3 or 8/255 "
                    "(default: 0.3 for greyscale data, 8/255 for colour)")
-    p.add_argument("--norm", default="linf", choices=("linf", "l2"), help="budget norm (L2 is per image)")
-    p.add_argument("--steps", type=int, default=10, help="PGD steps (1 with --step-size eps is the reference's FGSM)")
-    p.add_argument("--step-size", default=None, help="PGD step size (default 1.1*eps/steps)")
-    p.add_argument("--random-start", action="store_true", help="start PGD at a random point of the budget ball")
-    p.add_argument("--t", type=float, default=None, help="GP training time (default per REFERENCE: grey 64; "
-                   "colour fnn 4096, cnn 8)")
-    p.add_argument("--block-size", type=int, default=512, help="training examples poisoned together")
+    p.add_argument("--norm", default=None, choices=("linf", "l2"),
+                   help="budget norm (L2 is per image; default linf)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="attack steps (ntga default 10; 1 with --step-size eps is the reference's FGSM)")
+    p.add_argument("--step-size", default=None, help="attack step size (ntga default 1.1*eps/steps)")
+    p.add_argument("--kernel", default=None, help="[ntga] surrogate kernel: fnn (5 x Dense-Erf, default) "
+                   "or cnn (2 x Conv-ReLU)")
+    p.add_argument("--kernel-opt", action="append", default=None, metavar="KEY=VALUE",
+                   help="[ntga] kernel override, repeatable: depth, activation (erf|relu), W_std, b_std, ...")
+    p.add_argument("--random-start", action="store_true", default=None,
+                   help="[ntga] start PGD at a random point of the budget ball")
+    p.add_argument("--t", type=float, default=None, help="[ntga] GP training time (default per REFERENCE: "
+                   "grey 64; colour fnn 4096, cnn 8)")
+    p.add_argument("--block-size", type=int, default=None, help="[ntga] training examples poisoned together "
+                   "(default 512, or all of them when fewer)")
     p.add_argument("--target-chunk", type=int, default=None,
-                   help="target images per gradient chunk (memory bound; the gradient stays exact)")
-    p.add_argument("--dtype", default="float64", choices=("float64", "float32"), help="compute precision")
+                   help="[ntga] target images per gradient chunk (memory bound; the gradient stays exact)")
+    p.add_argument("--dtype", default=None, choices=("float64", "float32"),
+                   help="[ntga] compute precision (default float64)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--shard", default=None, metavar="K/N",
-                   help="process only blocks i with i %% N == K-1 (one process per host on a cluster; "
+                   help="[ntga] process only blocks i with i %% N == K-1 (one process per host on a cluster; "
                    "the last process to finish assembles the output)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
 
+def _describe_options(spec) -> str:
+    import dataclasses
+
+    lines = [f"--method {spec.name}: {spec.summary}", "settings (--method-opt KEY=VALUE; eps/norm/steps/step_size "
+             "also as --eps/--norm/--steps/--step-size):"]
+    for f in dataclasses.fields(spec.config_type):
+        lines.append(f"  {f.name} = {f.default!r}" + ("  (None: per-dataset default)" if f.default is None else ""))
+    doc = (spec.config_type.__doc__ or "").strip()
+    return "\n".join(lines) + ("\n\n" + doc if doc else "")
+
+
+def _run_method(args: argparse.Namespace, fraction: float) -> None:
+    """Any method but ntga: build its config from the shared flags and --method-opt, then run it."""
+    from ntga.data import split_from_args
+    from ntga.methods import config_from_options, get_method
+    from ntga.methods.run import generate_with_method
+
+    given = [name for name in NTGA_ONLY if getattr(args, name) is not None]
+    if given:
+        flags = ", ".join("--" + g.replace("_", "-") for g in given)
+        raise UserInputError(f"{flags} appl{'ies' if len(given) == 1 else 'y'} to --method ntga only; "
+                             f"settings of --method {args.method} go in --method-opt KEY=VALUE (see --list-opts)")
+    spec = get_method(args.method)
+    config = config_from_options(
+        spec, args.method_opt,
+        eps=None if args.eps is None else parse_fraction(args.eps, "--eps"),
+        norm=args.norm, steps=args.steps,
+        step_size=None if args.step_size is None else parse_fraction(args.step_size, "--step-size"))
+    split = split_from_args(args)
+    generate_with_method(split, spec, config, args.out, seed=args.seed, fraction=fraction, resume=args.resume,
+                         progress=not args.no_progress)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    fraction = parse_fraction(args.fraction, "--fraction")
+    if args.list_opts:
+        if args.method == "ntga":
+            print("--method ntga takes its settings as flags: see --help (those marked [ntga])")
+        else:
+            from ntga.methods import get_method
+
+            print(_describe_options(get_method(args.method)))
+        return 0
+    if args.out is None:
+        raise UserInputError("--out DIR is required: the directory to write the protected dataset into")
+    if args.method != "ntga":
+        _run_method(args, fraction)
+        return 0
+    if args.method_opt:
+        raise UserInputError("--method-opt is for methods other than ntga; NTGA's settings are flags (see --help)")
     from ntga.pipeline import GenerateOptions, generate_from_args
 
     options = GenerateOptions(
-        kernel=args.kernel,
-        kernel_overrides=parse_kernel_opts(args.kernel_opt),
+        kernel=args.kernel or "fnn",
+        kernel_overrides=parse_kernel_opts(args.kernel_opt or []),
         eps=None if args.eps is None else parse_fraction(args.eps, "--eps"),
-        norm=args.norm,
-        steps=args.steps,
+        norm=args.norm or "linf",
+        steps=10 if args.steps is None else args.steps,
         step_size=None if args.step_size is None else parse_fraction(args.step_size, "--step-size"),
-        random_start=args.random_start,
+        random_start=bool(args.random_start),
         t=args.t,
         block_size=args.block_size,
         target_chunk=args.target_chunk,
-        dtype=args.dtype,
+        dtype=args.dtype or "float64",
     )
-    generate_from_args(args, options)
+    generate_from_args(args, options, fraction=fraction)
     return 0
 
 

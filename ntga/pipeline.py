@@ -9,6 +9,7 @@ and writes the poison directory with a complete manifest.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import time
 from dataclasses import asdict, dataclass, field
@@ -30,6 +31,7 @@ COLOUR_DEFAULTS = {"eps": 8 / 255, "t": {"fnn": 4096.0, "cnn": 8.0}}
 # Target images per gradient chunk: the cnn kernel keeps [block, chunk, H, W]
 # spatial covariances alive, the fnn one only [block, chunk].
 DEFAULT_TARGET_CHUNK = {"fnn": 2000, "cnn": 64}
+DEFAULT_BLOCK_SIZE = 512  # the reference's block of training examples poisoned together
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,7 @@ class GenerateOptions:
     step_size: float | None = None
     random_start: bool = False
     t: float | None = None
-    block_size: int = 512
+    block_size: int | None = None  # None: 512, or the whole set when it is smaller
     target_chunk: int | None = None
     dtype: str = "float64"
 
@@ -82,8 +84,12 @@ def validate_split(split: Split) -> None:
 
 
 def generate(split: Split, options: GenerateOptions, out: str | Path, *, seed: int = 0, resume: bool = False,
-             shard: tuple[int, int] = (0, 1), devices=None, progress: bool = True) -> Path | None:
+             shard: tuple[int, int] = (0, 1), devices=None, progress: bool = True,
+             fraction: float = 1.0) -> Path | None:
     """Runs NTGA on ``split`` and writes the poison directory ``out``.
+
+    With ``fraction`` below 1 only that share of each class is attacked (chosen by
+    :func:`ntga.methods.fraction.select_protected`); the rest is written back clean.
 
     Returns:
         ``out`` when the poison directory is complete; None when this process handled
@@ -94,11 +100,14 @@ def generate(split: Split, options: GenerateOptions, out: str | Path, *, seed: i
     """
     from ntga.attack import AttackConfig, make_block_attack, one_hot, to_float
     from ntga.kernels import make
+    from ntga.methods.fraction import select_protected
     from ntga.runner import BlockJob, completed_poison_dir, finish_poison_dir, run_blocks
 
     ds = split.dataset
     opts = options.resolved(ds.image_shape[-1])
     validate_split(split)
+    positions = select_protected(split.y_train, ds.num_classes, fraction, seed)
+    all_rows = len(positions) == len(split.y_train)
     # Build everything that can fail on a bad setting before touching `out`.
     config = AttackConfig(eps=opts.eps, norm=opts.norm, steps=opts.steps, step_size=opts.step_size, t=opts.t,
                           random_start=opts.random_start, target_chunk=opts.target_chunk)
@@ -111,9 +120,11 @@ def generate(split: Split, options: GenerateOptions, out: str | Path, *, seed: i
     if dtype == np.float64 and not jax.config.jax_enable_x64:
         jax.config.update("jax_enable_x64", True)
     k = ds.num_classes
+    if opts.block_size is None:
+        opts = dataclasses.replace(opts, block_size=min(DEFAULT_BLOCK_SIZE, len(positions)))
     job = BlockJob(
-        x=to_float(split.x_train, dtype),
-        y_onehot=one_hot(split.y_train, k, dtype),
+        x=to_float(split.x_train[positions], dtype),
+        y_onehot=one_hot(split.y_train[positions], k, dtype),
         x_target=to_float(split.x_target, dtype),
         y_target_onehot=one_hot(split.y_target, k, dtype),
         block_size=opts.block_size,
@@ -121,6 +132,7 @@ def generate(split: Split, options: GenerateOptions, out: str | Path, *, seed: i
     settings = {**asdict(opts), "step_size": config.step_size}
     fingerprint = {
         "method": "ntga", **settings, "seed": seed,
+        **({} if all_rows else {"fraction": float(fraction)}),
         "dataset": ds.spec, "dataset_content_hash": ds.content_hash,
         "train_indices_sha256": _array_digest(split.train_idx),
         "target_indices_sha256": _array_digest(split.target_idx),
@@ -147,6 +159,7 @@ def generate(split: Split, options: GenerateOptions, out: str | Path, *, seed: i
         "method": "ntga",
         "dataset_class_names": list(ds.class_names),
         "num_poisoned": int(len(x_poison)),
+        "num_training_images": int(len(split.y_train)),
         "target_size": int(len(split.target_idx)),
         "devices": [str(d) for d in (devices or jax.local_devices())],
         "gp_target_acc_clean_mean": clean_acc,
@@ -155,17 +168,23 @@ def generate(split: Split, options: GenerateOptions, out: str | Path, *, seed: i
         "wall_time_s": float(sum(s["seconds"] for s in summary.block_stats)),
         "wall_time_this_process_s": time.perf_counter() - start,
     }
-    path = finish_poison_dir(out, x_poison=x_poison, y=split.y_train, source_indices=split.train_idx,
+    x_all = split.x_train.copy()
+    x_all[positions] = x_poison
+    path = finish_poison_dir(out, x_poison=x_all, y=split.y_train, source_indices=split.train_idx,
                              target_indices=split.target_idx, x_clean=split.x_train,
-                             class_names=ds.class_names, manifest=manifest)
+                             class_names=ds.class_names, manifest=manifest,
+                             protected_positions=None if all_rows else positions)
     print(f"wrote {path}: {len(x_poison)} protected images in {len(summary.block_stats)} blocks; GP accuracy on "
           f"the target set, mean over blocks: clean {100 * clean_acc:.2f}% -> poisoned {100 * poisoned_acc:.2f}%")
     return path
 
 
-def generate_from_args(args: argparse.Namespace, options: GenerateOptions) -> Path | None:
+def generate_from_args(args: argparse.Namespace, options: GenerateOptions, fraction: float = 1.0) -> Path | None:
     """CLI glue: validates the run-level flags, loads the split, and calls :func:`generate`."""
+    from ntga.methods.fraction import check_fraction
+
     shard = parse_shard(args.shard)
+    check_fraction(fraction)
     split = split_from_args(args)
     return generate(split, options, args.out, seed=args.seed, resume=args.resume, shard=shard,
-                    progress=not args.no_progress)
+                    progress=not args.no_progress, fraction=fraction)

@@ -7,6 +7,8 @@ Layout (format version 1)::
       y_train.npy         int64 [N]           their labels (may differ from the clean ones)
       source_indices.npy  int64 [N]           indices into the source dataset's training split
       target_indices.npy  int64 [M]           the attack's held-out target set (optional)
+      protected_positions.npy int64 [P]       positions (rows of x_train) that carry protection,
+                                              when only a fraction was protected (optional; absent = all)
       preview.png                             clean / poisoned / amplified difference (optional)
       manifest.json                           written LAST; its presence marks the directory complete
 
@@ -45,7 +47,8 @@ MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 PREVIEW = "preview.png"
 X_FILE, Y_FILE, SOURCE_FILE, TARGET_FILE = "x_train.npy", "y_train.npy", "source_indices.npy", "target_indices.npy"
-ARRAY_FILES = (X_FILE, Y_FILE, SOURCE_FILE, TARGET_FILE)
+PROTECTED_FILE = "protected_positions.npy"
+ARRAY_FILES = (X_FILE, Y_FILE, SOURCE_FILE, TARGET_FILE, PROTECTED_FILE)
 REQUIRED_FILES = (X_FILE, Y_FILE, SOURCE_FILE)
 # Keys the writer owns; a caller's manifest may not set them.
 RESERVED_KEYS = ("format_version", "files", "num_examples", "image_shape", "created", "library_versions", "preview")
@@ -53,7 +56,7 @@ _RESUME_HINT = "incomplete or not a poison directory; if a generation run was in
 # Public names; check_budget and perturbation_norms come from ntga.budget and are
 # re-exported so existing ``from ntga.poisondir import ...`` keeps working.
 __all__ = [
-    "ARRAY_FILES", "FORMAT_VERSION", "MANIFEST", "PREVIEW", "PoisonSet", "REQUIRED_FILES", "RESERVED_KEYS",
+    "ARRAY_FILES", "FORMAT_VERSION", "MANIFEST", "PREVIEW", "PROTECTED_FILE", "PoisonSet", "REQUIRED_FILES", "RESERVED_KEYS",
     "SOURCE_FILE", "TARGET_FILE", "X_FILE", "Y_FILE", "check_budget", "perturbation_norms",
     "read_poison_dir", "verify_poison_dir", "write_poison_dir",
 ]
@@ -70,6 +73,7 @@ class PoisonSet:
       source_indices: int64 [N] indices into the source dataset's training split.
       target_indices: int64 [M] the attack's held-out target set, or None.
       manifest: the parsed manifest.json.
+      protected_positions: int64 [P] rows of ``x`` that carry protection, or None (all of them).
     """
 
     path: Path
@@ -78,6 +82,7 @@ class PoisonSet:
     source_indices: np.ndarray
     target_indices: np.ndarray | None
     manifest: dict
+    protected_positions: np.ndarray | None = None
 
 
 # ----------------------------------------------------------------------------- validation
@@ -96,6 +101,14 @@ def _index_array(a: Any, name: str, length: int | None = None) -> np.ndarray:
     uniq, counts = np.unique(a, return_counts=True)
     if np.any(counts > 1):
         raise UserInputError(f"{name} must be unique, but {int(uniq[np.argmax(counts > 1)])} appears more than once")
+    return a
+
+
+def _positions(a: Any, n: int, name: str = "protected_positions") -> np.ndarray:
+    """Unique row numbers in [0, n) -> int64 (or UserInputError)."""
+    a = _index_array(a, name)
+    if a.size and a.max() >= n:
+        raise UserInputError(f"{name} has position {a.max()} but there are only {n} images")
     return a
 
 
@@ -209,6 +222,7 @@ def write_poison_dir(
     x_clean: np.ndarray | None = None,
     class_names: Sequence[str] | None = None,
     overwrite: bool = False,
+    protected_positions: np.ndarray | None = None,
 ) -> Path:
     """Writes a complete poison directory; manifest.json goes last, atomically.
 
@@ -225,6 +239,8 @@ def write_poison_dir(
         the budget check (so a directory over budget is never written).
       class_names: stored in the manifest and used to label the preview.
       overwrite: replace the poison files of an existing non-empty directory.
+      protected_positions: integer [P] unique rows of ``x`` that carry protection when
+        only a fraction of the data was protected (None: all rows).
 
     Returns:
       The directory path.
@@ -240,6 +256,8 @@ def write_poison_dir(
     source_indices = _index_array(source_indices, "source_indices", n)
     if target_indices is not None:
         target_indices = _index_array(target_indices, "target_indices")
+    if protected_positions is not None:
+        protected_positions = _positions(protected_positions, n)
     if not isinstance(manifest, dict):
         raise UserInputError(f"manifest must be a dict, got {type(manifest).__name__}")
     clash = sorted(set(manifest) & set(RESERVED_KEYS))
@@ -263,6 +281,8 @@ def write_poison_dir(
              SOURCE_FILE: _save_array(out, SOURCE_FILE, source_indices)}
     if target_indices is not None:
         files[TARGET_FILE] = _save_array(out, TARGET_FILE, target_indices)
+    if protected_positions is not None:
+        files[PROTECTED_FILE] = _save_array(out, PROTECTED_FILE, protected_positions)
     if x_clean is not None:
         from ntga.preview import save_preview  # Pillow is only needed when a preview is asked for
 
@@ -349,7 +369,7 @@ def _check_metadata(path: Path, manifest: dict) -> None:
     files = manifest["files"]
     x_shape = files[X_FILE]["shape"]
     n = x_shape[0] if x_shape else None
-    expect = {X_FILE: "uint8", Y_FILE: "int64", SOURCE_FILE: "int64", TARGET_FILE: "int64"}
+    expect = {X_FILE: "uint8", Y_FILE: "int64", SOURCE_FILE: "int64", TARGET_FILE: "int64", PROTECTED_FILE: "int64"}
     for name, entry in files.items():
         if entry.get("dtype") != expect[name]:
             raise UserInputError(f"{path / name}: {MANIFEST} says dtype {entry.get('dtype')}, format {FORMAT_VERSION} requires {expect[name]}")
@@ -358,8 +378,9 @@ def _check_metadata(path: Path, manifest: dict) -> None:
     for name in (Y_FILE, SOURCE_FILE):
         if files[name]["shape"] != [n]:
             raise UserInputError(f"{path / name} has shape {files[name]['shape']} but {X_FILE} has {n} images")
-    if TARGET_FILE in files and len(files[TARGET_FILE]["shape"]) != 1:
-        raise UserInputError(f"{path / TARGET_FILE} has shape {files[TARGET_FILE]['shape']}; expected [M]")
+    for name in (TARGET_FILE, PROTECTED_FILE):
+        if name in files and len(files[name]["shape"]) != 1:
+            raise UserInputError(f"{path / name} has shape {files[name]['shape']}; expected one dimension")
     if manifest.get("num_examples") != n or manifest.get("image_shape") != x_shape[1:]:
         raise UserInputError(
             f"{path / MANIFEST}: num_examples {manifest.get('num_examples')} / image_shape {manifest.get('image_shape')} "
@@ -375,11 +396,14 @@ def _verify(path: Path, verify: bool) -> tuple[dict, dict[str, np.ndarray]]:
     _check_metadata(path, manifest)
     n = manifest["num_examples"]
     names = manifest.get("class_names")
-    small = {name: _load(path, name) for name in (Y_FILE, SOURCE_FILE, TARGET_FILE) if name in manifest["files"]}
+    small = {name: _load(path, name) for name in (Y_FILE, SOURCE_FILE, TARGET_FILE, PROTECTED_FILE)
+             if name in manifest["files"]}
     small[Y_FILE] = _check_labels(small[Y_FILE], n, len(names) if isinstance(names, list) else None, f"{path / Y_FILE}")
     small[SOURCE_FILE] = _index_array(small[SOURCE_FILE], f"{path / SOURCE_FILE}", n)
     if TARGET_FILE in small:
         small[TARGET_FILE] = _index_array(small[TARGET_FILE], f"{path / TARGET_FILE}")
+    if PROTECTED_FILE in small:
+        small[PROTECTED_FILE] = _positions(small[PROTECTED_FILE], n, f"{path / PROTECTED_FILE}")
     return manifest, small
 
 
@@ -407,4 +431,5 @@ def read_poison_dir(path: str | Path, *, verify: bool = True) -> PoisonSet:
     manifest, small = _verify(path, verify)
     x = _load(path, X_FILE)
     return PoisonSet(path=path, x=x, y=small[Y_FILE], source_indices=small[SOURCE_FILE],
-                     target_indices=small.get(TARGET_FILE), manifest=manifest)
+                     target_indices=small.get(TARGET_FILE), manifest=manifest,
+                     protected_positions=small.get(PROTECTED_FILE))

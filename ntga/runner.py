@@ -157,11 +157,11 @@ def run_blocks(
 
 def finish_poison_dir(out: str | Path, *, x_poison: np.ndarray, y: np.ndarray, source_indices: np.ndarray,
                       target_indices: np.ndarray | None, x_clean: np.ndarray, class_names: Sequence[str],
-                      manifest: dict[str, Any]) -> Path:
+                      manifest: dict[str, Any], protected_positions: np.ndarray | None = None) -> Path:
     """Writes the final poison directory into ``out`` and removes the block work files."""
     path = write_poison_dir(out, x=x_poison, y=y, source_indices=source_indices, manifest=manifest,
                             target_indices=target_indices, x_clean=x_clean, class_names=class_names,
-                            overwrite=True)
+                            overwrite=True, protected_positions=protected_positions)
     BlockStore(Path(out)).remove()
     return path
 

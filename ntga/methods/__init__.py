@@ -1,0 +1,55 @@
+"""Protection methods beside NTGA, in one registry (``python -m ntga.generate --method NAME``).
+
+========  ===================================================================  =========
+name      method (paper)                                                        budget
+========  ===================================================================  =========
+ntga      Neural Tangent Generalization Attacks (Yuan & Wu, ICML 2021)          L-inf/L2
+random    uniform noise, sample-wise or class-wise (baseline)                   L-inf
+em        error-minimizing noise / Unlearnable Examples (Huang et al., ICLR 21) L-inf
+cuda      convolution-based unlearnable data (Sadasivan et al., CVPR 2023)      none
+sep       self-ensemble protection (Chen et al., ICLR 2023)                     L-inf
+beo       Bayes-error optimisation (Zhang et al., arXiv 2511.08191)             L-inf
+lsp       linearly separable patches (Yu et al., KDD 2022)                      L2/L-inf
+ops       one-pixel shortcut (Wu et al., ICLR 2023)                             L0
+ar        autoregressive noise (Sandoval-Segura et al., NeurIPS 2022)           L2/L-inf
+========  ===================================================================  =========
+
+NTGA has its own block-wise, multi-device pipeline (:mod:`ntga.pipeline`); every
+other method is a :class:`~ntga.methods.base.MethodSpec` whose ``protect``
+function :func:`ntga.methods.run.generate_with_method` calls. Modules are
+imported on first use so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from ntga.errors import UserInputError
+from ntga.methods.base import MethodSpec, Protected, ProtectTask, config_from_options
+
+# name -> module defining ``SPECS: dict[str, MethodSpec]``
+_MODULES = {
+    "random": "ntga.methods.noise",
+    "em": "ntga.methods.em",
+    "cuda": "ntga.methods.cuda",
+    "sep": "ntga.methods.sep",
+    "beo": "ntga.methods.beo",
+    "lsp": "ntga.methods.shortcuts",
+    "ops": "ntga.methods.shortcuts",
+    "ar": "ntga.methods.shortcuts",
+}
+METHOD_NAMES = ("ntga", *_MODULES)
+
+
+def get_method(name: str) -> MethodSpec:
+    """The registered method ``name`` (not ``ntga``, which has its own pipeline).
+
+    Raises:
+      UserInputError: unknown name (the message lists the accepted ones).
+    """
+    if name not in _MODULES:
+        raise UserInputError(f"unknown method {name!r}; accepted: {', '.join(METHOD_NAMES)}")
+    return importlib.import_module(_MODULES[name]).SPECS[name]
+
+
+__all__ = ["METHOD_NAMES", "MethodSpec", "Protected", "ProtectTask", "config_from_options", "get_method"]

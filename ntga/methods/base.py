@@ -1,0 +1,190 @@
+"""What every protection method receives and returns, and how its options are parsed.
+
+A method is a pure function ``protect(task, config, key) -> Protected``:
+
+* ``task`` (:class:`ProtectTask`) holds the uint8 images to protect with their
+  labels, plus read-only context some methods use: the training images that
+  stay clean (``--fraction`` below 1), the attack's held-out target set, and a
+  private work directory for progress files (resumable long runs).
+* ``config`` is the method's frozen dataclass, already resolved for the data
+  (per-dataset defaults filled in by ``spec.resolve``).
+* ``key`` is a ``jax.random`` key: the same key, config and data give the same
+  output bit for bit on the same machine.
+
+It returns uint8 images of the same shape (and the labels, unchanged for every
+method so far) plus a small JSON-able ``info`` dict for the manifest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ntga.errors import UserInputError
+
+
+@dataclass(frozen=True)
+class ProtectTask:
+    """The data a method protects, and its context.
+
+    Attributes:
+      x: uint8 [N, H, W, C] images to protect.
+      y: int64 [N] their labels in [0, num_classes).
+      num_classes: K.
+      x_rest: uint8 [M, H, W, C] training images that stay clean (empty unless --fraction < 1).
+      y_rest: int64 [M] their labels.
+      x_target: uint8 [T, H, W, C] the held-out target set (may be empty).
+      y_target: int64 [T] its labels.
+      workdir: a private directory for progress files (inside the output's ``.work``), or None.
+      resume: whether progress files in ``workdir`` from an interrupted identical run may be used.
+      progress: whether to show a progress bar.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    num_classes: int
+    x_rest: np.ndarray | None = None
+    y_rest: np.ndarray | None = None
+    x_target: np.ndarray | None = None
+    y_target: np.ndarray | None = None
+    workdir: Path | None = None
+    resume: bool = False
+    progress: bool = False
+
+    def __post_init__(self):
+        empty = np.zeros((0, *self.x.shape[1:]), np.uint8)
+        for name in ("x_rest", "x_target"):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, empty)
+        for name in ("y_rest", "y_target"):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, np.zeros((0,), np.int64))
+
+
+@dataclass(frozen=True)
+class Protected:
+    """A method's output: uint8 [N, H, W, C] images, int64 [N] labels, manifest extras."""
+
+    x: np.ndarray
+    y: np.ndarray
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A registered protection method.
+
+    Attributes:
+      name: the command-line name (DESIGN.md contract 3).
+      summary: one line for ``--help``, with the paper.
+      config_type: frozen dataclass of the method's settings (every field has a default).
+      protect: ``protect(task, config, key) -> Protected``.
+      resolve: ``resolve(config, num_channels) -> config`` fills per-dataset defaults
+        (fields left None); identity when omitted.
+      budget_norm: "linf" or "l2" when the output obeys ``config.eps`` in that norm
+        (checked before anything is written), None for unbounded methods (cuda, ops).
+    """
+
+    name: str
+    summary: str
+    config_type: type
+    protect: Callable[[ProtectTask, Any, Any], Protected]
+    resolve: Callable[[Any, int], Any] | None = None
+    budget_norm: str | None = "linf"
+
+    def default_config(self) -> Any:
+        return self.config_type()
+
+    def resolved(self, config: Any, num_channels: int) -> Any:
+        return config if self.resolve is None else self.resolve(config, num_channels)
+
+
+def grey_or_colour_eps(eps: float | None, num_channels: int, grey: float = 0.3, colour: float = 8 / 255) -> float:
+    """The per-dataset budget default: MNIST's 0.3 for greyscale, CIFAR-10's 8/255 for colour."""
+    if eps is not None:
+        return float(eps)
+    return grey if num_channels == 1 else colour
+
+
+# ----------------------------------------------------------------------------- option parsing
+
+
+def _parse_number(text: str) -> float:
+    return float(Fraction(text.strip()))
+
+
+def _coerce(text: str, annotation: Any, where: str) -> Any:
+    """Converts ``text`` to the (possibly optional) type named by a dataclass annotation."""
+    hint = annotation
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        options = [a for a in args if a is not type(None)]
+        if text.strip().lower() == "none" and type(None) in args:
+            return None
+        hint = options[0] if len(options) == 1 else str
+    if typing.get_origin(hint) is typing.Literal:
+        accepted = typing.get_args(hint)
+        if text not in accepted:
+            raise UserInputError(f"{where} must be one of {', '.join(map(str, accepted))}, got {text!r}")
+        return text
+    try:
+        if hint is bool:
+            low = text.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if hint is int:
+            return int(text)
+        if hint is float:
+            return _parse_number(text)
+    except (ValueError, ZeroDivisionError):
+        raise UserInputError(f"{where} must be a {hint.__name__}, got {text!r}") from None
+    return text
+
+
+def config_from_options(spec: MethodSpec, items: Sequence[str], **shared: Any) -> Any:
+    """Builds ``spec``'s config from ``KEY=VALUE`` strings and shared CLI flags.
+
+    Args:
+      spec: the method.
+      items: repeated ``--method-opt`` values, e.g. ``["noise=class-wise", "steps=20"]``
+        (dashes in keys are accepted for underscores).
+      **shared: values of the shared flags (``eps``, ``norm``, ``steps``, ``step_size``);
+        None means "not given". A given flag the method has no field for is an error.
+
+    Raises:
+      UserInputError: unknown key (the message lists the accepted ones), bad value,
+        or a shared flag that does not apply to this method.
+    """
+    fields = {f.name: f for f in dataclasses.fields(spec.config_type)}
+    hints = typing.get_type_hints(spec.config_type)
+    values: dict[str, Any] = {}
+    for flag, value in shared.items():
+        if value is None:
+            continue
+        if flag not in fields:
+            raise UserInputError(f"--{flag.replace('_', '-')} does not apply to --method {spec.name}; "
+                                 f"its settings are: {', '.join(fields)}")
+        values[flag] = value
+    for item in items:
+        name, sep, text = item.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or not name:
+            raise UserInputError(f"--method-opt must look like KEY=VALUE (e.g. steps=20), got {item!r}")
+        if name not in fields:
+            raise UserInputError(f"--method-opt {name}: --method {spec.name} has no such setting; "
+                                 f"accepted: {', '.join(fields)}")
+        values[name] = _coerce(text, hints[name], f"--method-opt {name}")
+    try:
+        return spec.config_type(**values)
+    except (TypeError, ValueError) as err:
+        raise UserInputError(f"bad settings for --method {spec.name}: {err}") from None
