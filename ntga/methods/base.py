@@ -86,8 +86,8 @@ class MethodSpec:
       summary: one line for ``--help``, with the paper.
       config_type: frozen dataclass of the method's settings (every field has a default).
       protect: ``protect(task, config, key) -> Protected``.
-      resolve: ``resolve(config, num_channels) -> config`` fills per-dataset defaults
-        (fields left None); identity when omitted.
+      resolve: ``resolve(config, image_shape) -> config`` fills per-dataset defaults
+        (fields left None) from the images' ``(H, W, C)``; identity when omitted.
       budget_norm: "linf" or "l2" when the output obeys ``config.eps`` in that norm
         (checked before anything is written), None for unbounded methods (cuda, ops).
     """
@@ -96,14 +96,15 @@ class MethodSpec:
     summary: str
     config_type: type
     protect: Callable[[ProtectTask, Any, Any], Protected]
-    resolve: Callable[[Any, int], Any] | None = None
+    resolve: Callable[[Any, tuple[int, ...]], Any] | None = None
     budget_norm: str | None = "linf"
 
     def default_config(self) -> Any:
         return self.config_type()
 
-    def resolved(self, config: Any, num_channels: int) -> Any:
-        return config if self.resolve is None else self.resolve(config, num_channels)
+    def resolved(self, config: Any, image_shape: tuple[int, ...]) -> Any:
+        """``config`` with per-dataset defaults filled for images of shape ``(H, W, C)``."""
+        return config if self.resolve is None else self.resolve(config, tuple(image_shape))
 
 
 def grey_or_colour_eps(eps: float | None, num_channels: int, grey: float = 0.3, colour: float = 8 / 255) -> float:

@@ -23,7 +23,6 @@ import numpy as np
 import ntga
 from ntga.checkpoint import BlockStore
 from ntga.data import Split
-from ntga.errors import UserInputError
 from ntga.methods.base import MethodSpec, Protected, ProtectTask
 from ntga.methods.fraction import select_protected
 from ntga.poisondir import MANIFEST, read_poison_dir, write_poison_dir
@@ -66,7 +65,7 @@ def generate_with_method(split: Split, spec: MethodSpec, config: Any, out: str |
       UserInputError: bad settings (before anything is written) or a resume with other settings.
     """
     ds = split.dataset
-    config = spec.resolved(config, ds.image_shape[-1])
+    config = spec.resolved(config, ds.image_shape)
     positions = select_protected(split.y_train, ds.num_classes, fraction, seed)
     out = Path(out)
     if resume and (out / MANIFEST).exists():
@@ -103,7 +102,8 @@ def generate_with_method(split: Split, spec: MethodSpec, config: Any, out: str |
     y_all[positions] = result.y
     manifest = {
         **fingerprint,
-        "budget_norm": spec.budget_norm,
+        # A method with a configurable norm is bounded in the norm it was run with.
+        "budget_norm": None if spec.budget_norm is None else getattr(config, "norm", spec.budget_norm),
         "dataset_class_names": list(ds.class_names),
         "num_poisoned": int(len(positions)),
         "num_training_images": int(len(y_all)),
