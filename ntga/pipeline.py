@@ -101,7 +101,8 @@ def generate(split: Split, options: GenerateOptions, out: str | Path, *, seed: i
     from ntga.attack import AttackConfig, make_block_attack, one_hot, to_float
     from ntga.kernels import make
     from ntga.methods.fraction import select_protected
-    from ntga.runner import BlockJob, completed_poison_dir, finish_poison_dir, run_blocks
+    from ntga.methods.run import finished_with_same_settings
+    from ntga.runner import BlockJob, finish_poison_dir, run_blocks
 
     ds = split.dataset
     opts = options.resolved(ds.image_shape[-1])
@@ -112,9 +113,6 @@ def generate(split: Split, options: GenerateOptions, out: str | Path, *, seed: i
     config = AttackConfig(eps=opts.eps, norm=opts.norm, steps=opts.steps, step_size=opts.step_size, t=opts.t,
                           random_start=opts.random_start, target_chunk=opts.target_chunk)
     kernel_fn = make(opts.kernel, **opts.kernel_overrides)
-    if resume and completed_poison_dir(out) is not None:
-        print(f"{out} is already complete; nothing to do")
-        return Path(out)
 
     dtype = {"float64": np.float64, "float32": np.float32}[opts.dtype]
     if dtype == np.float64 and not jax.config.jax_enable_x64:
@@ -138,6 +136,9 @@ def generate(split: Split, options: GenerateOptions, out: str | Path, *, seed: i
         "target_indices_sha256": _array_digest(split.target_idx),
         "ntga_version": ntga.__version__,
     }
+    if resume and finished_with_same_settings(Path(out), fingerprint):
+        print(f"{out} is already complete; nothing to do")
+        return Path(out)
     block_fn = make_block_attack(kernel_fn, config)
 
     def describe(index: int, s: dict[str, Any]) -> str:

@@ -67,6 +67,11 @@ def test_task_fills_empty_context():
 @given(st.integers(1, 60), st.sampled_from([0.2, 0.5, 0.8, 1.0]), st.integers(0, 5))
 def test_fraction_takes_a_rounded_share_of_every_class(n, fraction, seed):
     y = np.random.default_rng(n).integers(0, 3, size=n)
+    expected = sum(int(np.floor(fraction * np.sum(y == k) + 0.5)) for k in range(3))
+    if expected == 0:
+        with pytest.raises(UserInputError, match="protects no image"):
+            select_protected(y, 3, fraction, seed)
+        return
     rows = select_protected(y, 3, fraction, seed)
     assert np.all(np.diff(rows) > 0)
     for k in range(3):
@@ -110,7 +115,7 @@ def test_random_is_deterministic_and_budgeted(key):
     y = np.repeat(np.arange(3), 4).astype(np.int64)
     task = ProtectTask(x=x, y=y, num_classes=3)
     for noise in ("sample-wise", "class-wise"):
-        cfg = spec.resolved(config_from_options(spec, [f"noise={noise}"]), 3)
+        cfg = spec.resolved(config_from_options(spec, [f"noise={noise}"]), (8, 8, 3))
         a, b = spec.protect(task, cfg, key), spec.protect(task, cfg, key)
         c = spec.protect(task, cfg, jax.random.fold_in(key, 1))
         assert np.array_equal(a.x, b.x) and not np.array_equal(a.x, c.x)
@@ -169,3 +174,45 @@ def test_protected_positions_are_validated_on_write(tmp_path):
         write_poison_dir(tmp_path / "b", protected_positions=np.array([1, 1]), **common)
     write_poison_dir(tmp_path / "c", protected_positions=np.array([2]), **common)
     assert read_poison_dir(tmp_path / "c").protected_positions.tolist() == [2]
+
+
+def test_resume_of_a_finished_directory_made_with_other_settings_is_refused(tmp_path):
+    out = tmp_path / "p"
+    main([*TINY, "--method", "random", "--out", str(out)])
+    with pytest.raises(UserInputError, match=r"different settings \(noise: was 'sample-wise', now 'class-wise'\)"):
+        main([*TINY, "--method", "random", "--method-opt", "noise=class-wise", "--out", str(out), "--resume"])
+    with pytest.raises(UserInputError, match="complete but was made with different settings"):
+        main([*TINY, "--method", "random", "--eps", "0.1", "--out", str(out), "--resume"])
+
+
+def test_ntga_resume_of_a_finished_directory_checks_the_settings(tmp_path):
+    out = tmp_path / "n"
+    main([*TINY, "--steps", "1", "--out", str(out)])
+    with pytest.raises(UserInputError, match="steps: was 1, now 2"):
+        main([*TINY, "--steps", "2", "--out", str(out), "--resume"])
+
+
+def test_a_fraction_that_protects_nothing_is_an_error(tmp_path):
+    with pytest.raises(UserInputError, match="--fraction 0.01 protects no image"):
+        main([*TINY, "--method", "random", "--fraction", "0.01", "--out", str(tmp_path / "p")])
+
+
+def test_a_data_dependent_setting_error_leaves_no_directory_behind(tmp_path):
+    out = tmp_path / "c"
+    with pytest.raises(UserInputError):
+        main([*TINY, "--method", "cuda", "--method-opt", "kernel_size=9", "--out", str(out)])
+    assert not out.exists()
+    main([*TINY, "--method", "cuda", "--out", str(out)])  # the corrected rerun needs no cleanup
+
+
+def test_cuda_passphrase_from_the_environment_is_never_written(tmp_path, monkeypatch):
+    monkeypatch.setenv("NTGA_TEST_SECRET", "correct horse battery staple")
+    out = tmp_path / "c"
+    main([*TINY, "--method", "cuda", "--method-opt", "private_key_env=NTGA_TEST_SECRET", "--out", str(out)])
+    assert all("correct horse" not in f.read_text(errors="ignore") for f in out.rglob("*.json"))
+    main([*TINY, "--method", "cuda", "--method-opt", "private_key=correct horse battery staple",
+          "--out", str(tmp_path / "d")])
+    assert np.array_equal(read_poison_dir(out).x, read_poison_dir(tmp_path / "d").x)
+    with pytest.raises(UserInputError, match="NTGA_UNSET_VAR: that environment variable is unset"):
+        main([*TINY, "--method", "cuda", "--method-opt", "private_key_env=NTGA_UNSET_VAR",
+              "--out", str(tmp_path / "e")])

@@ -136,8 +136,9 @@ class BEOConfig:
             bad("step_size", self.step_size, "a number in (0, 1]")
         if not (isinstance(self.block_size, int) and self.block_size >= 2):
             bad("block_size", self.block_size, "an integer >= 2")
-        if not (isinstance(self.reference_size, int) and self.reference_size >= 0):
-            bad("reference_size", self.reference_size, "an integer >= 0")
+        # At least one clean neighbour: a block of a single image would otherwise have none.
+        if not (isinstance(self.reference_size, int) and self.reference_size >= 1):
+            bad("reference_size", self.reference_size, "an integer >= 1")
         if self.bandwidth is not None and not (math.isfinite(self.bandwidth) and self.bandwidth > 0):
             bad("bandwidth", self.bandwidth, "a positive number or none (median heuristic)")
         if not (math.isfinite(self.bandwidth_scale) and self.bandwidth_scale > 0):

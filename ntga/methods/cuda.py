@@ -27,7 +27,11 @@ numpy/jax version, and a different passphrase gives different filters. The
 passphrase itself is never stored: on construction the config replaces it
 with a *differently* salted digest (``private_key_sha256``), which is what the
 manifest records; that digest identifies the key but does not give the
-filters. Without a passphrase the filters derive from the run's ``--seed``.
+filters. Like any password hash it only protects a passphrase that cannot be
+guessed (candidates can be tried against it), so use a long random one, and
+prefer ``private_key_env=VAR`` (the passphrase read from an environment
+variable) to keep it off the command line and out of shell history. Without a
+passphrase the filters derive from the run's ``--seed``.
 
 Deviations from the paper's code: (1) pixels are *rounded* to uint8 (the
 code truncates with ``astype(uint8)``, up to one grey level lower); (2) an
@@ -43,6 +47,7 @@ offered; the ``mix`` option is ``--fraction``.
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 
 import jax
@@ -80,12 +85,15 @@ class CudaConfig:
     Attributes:
       private_key: a passphrase the class filters derive from (None: from --seed). It is replaced
         on construction by its salted digest (``pbkdf2-sha256:...``), so it never reaches a manifest.
+      private_key_env: name of an environment variable holding the passphrase instead (keeps it
+        off the command line); only the digest is recorded.
       kernel_size: filter size k (paper 3).
       blur_parameter: filter entries are U(0, blur_parameter) (paper 0.3; larger blurs more).
       center_parameter: the value of the one random entry per filter (paper 1).
     """
 
     private_key: str | None = None
+    private_key_env: str | None = None
     kernel_size: int = 3
     blur_parameter: float = 0.3
     center_parameter: float = 1.0
@@ -100,6 +108,15 @@ class CudaConfig:
         # The 32-byte filter secret is a plain attribute, not a field, so that
         # dataclasses.asdict (the manifest), repr and == never see it.
         object.__setattr__(self, "_secret", None)
+        if self.private_key_env is not None:
+            if self.private_key is not None:
+                raise UserInputError("give either private_key or private_key_env, not both")
+            passphrase = os.environ.get(self.private_key_env)
+            if not passphrase:
+                raise UserInputError(f"private_key_env={self.private_key_env}: that environment variable is "
+                                     "unset or empty; export the passphrase in it first")
+            object.__setattr__(self, "private_key", passphrase)
+            object.__setattr__(self, "private_key_env", None)  # the run is defined by the key, not the variable
         key = self.private_key
         if key is None or key.startswith(RECORD_PREFIX):
             return  # from --seed, or an already-redacted config (e.g. read back from a manifest)

@@ -42,4 +42,8 @@ def select_protected(y: np.ndarray, num_classes: int, fraction: float, seed: int
     for k in range(num_classes):
         rows = order[y[order] == k]
         chosen.append(rows[: int(np.floor(fraction * len(rows) + 0.5))])
-    return np.sort(np.concatenate(chosen)).astype(np.int64)
+    rows = np.sort(np.concatenate(chosen)).astype(np.int64)
+    if len(rows) == 0:
+        raise UserInputError(f"--fraction {fraction} protects no image of this {len(y)}-image training set "
+                             "(each class gets round(fraction * its size)); use a larger fraction")
+    return rows

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ import numpy as np
 import ntga
 from ntga.checkpoint import BlockStore
 from ntga.data import Split
+from ntga.errors import UserInputError
 from ntga.methods.base import MethodSpec, Protected, ProtectTask
 from ntga.methods.fraction import select_protected
 from ntga.poisondir import MANIFEST, read_poison_dir, write_poison_dir
@@ -40,8 +42,26 @@ def _check_output(spec: MethodSpec, out: Protected, task: ProtectTask) -> None:
     if x.dtype != np.uint8 or x.shape != task.x.shape:
         raise RuntimeError(f"method {spec.name} returned images {x.dtype}{list(x.shape)}, "
                            f"expected uint8{list(task.x.shape)}")
-    if y.shape != task.y.shape or (y.size and (y.min() < 0 or y.max() >= task.num_classes)):
-        raise RuntimeError(f"method {spec.name} returned invalid labels (shape {y.shape})")
+    if not np.array_equal(y, task.y):
+        raise RuntimeError(f"method {spec.name} changed the labels; protection methods keep them")
+
+
+def finished_with_same_settings(out: Path, fingerprint: dict[str, Any]) -> bool:
+    """Whether ``out`` is a complete poison directory made with ``fingerprint``'s settings.
+
+    Raises:
+      UserInputError: it is complete but was made with other settings (so ``--resume``
+        never silently returns another run's output).
+    """
+    if not (Path(out) / MANIFEST).exists():
+        return False
+    saved = read_poison_dir(out, verify=True).manifest
+    diff = sorted(k for k in fingerprint if k in saved and saved[k] != fingerprint[k])
+    if diff:
+        details = "; ".join(f"{k}: was {saved[k]!r}, now {fingerprint[k]!r}" for k in diff)
+        raise UserInputError(f"cannot resume into {out}: it is complete but was made with different settings "
+                             f"({details})")
+    return True
 
 
 def generate_with_method(split: Split, spec: MethodSpec, config: Any, out: str | Path, *, seed: int = 0,
@@ -68,10 +88,6 @@ def generate_with_method(split: Split, spec: MethodSpec, config: Any, out: str |
     config = spec.resolved(config, ds.image_shape)
     positions = select_protected(split.y_train, ds.num_classes, fraction, seed)
     out = Path(out)
-    if resume and (out / MANIFEST).exists():
-        read_poison_dir(out, verify=True)
-        print(f"{out} is already complete; nothing to do")
-        return out
     settings = dataclasses.asdict(config)
     fingerprint = {
         "method": spec.name, **settings, "seed": seed, "fraction": float(fraction),
@@ -79,6 +95,10 @@ def generate_with_method(split: Split, spec: MethodSpec, config: Any, out: str |
         "train_indices_sha256": _digest(split.train_idx), "target_indices_sha256": _digest(split.target_idx),
         "ntga_version": ntga.__version__,
     }
+    if resume and finished_with_same_settings(out, fingerprint):
+        print(f"{out} is already complete; nothing to do")
+        return out
+    fresh = not (out.exists() and any(out.iterdir()))
     store = BlockStore(out)
     store.open(fingerprint, resume=resume)
     workdir = store.work / "method"
@@ -92,7 +112,14 @@ def generate_with_method(split: Split, spec: MethodSpec, config: Any, out: str |
         workdir=workdir, resume=resume, progress=progress,
     )
     start = time.perf_counter()
-    result = spec.protect(task, config, jax.random.key(seed))
+    try:
+        result = spec.protect(task, config, jax.random.key(seed))
+    except UserInputError:
+        # A setting that only fails against the data (e.g. a filter larger than the images):
+        # leave no half-made directory behind that would block the corrected rerun.
+        if fresh:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     wall = time.perf_counter() - start
     _check_output(spec, result, task)
 

@@ -35,9 +35,9 @@ alone would take days here); every paper value stays reachable:
   * ``steps`` None -> 4 greyscale / 10 colour (paper 30): MNIST has four times
     the images of the 12,000-image CIFAR-10 subset this is tuned for, and its
     0.3 budget is crossed in a few large steps;
-  * ``step_size`` None -> max(1/255, 2.5 eps / steps): the paper's 1/255
-    unless that cannot reach the budget's boundary in ``steps`` steps (MNIST's
-    0.3), where Madry et al.'s usual 2.5 eps / steps is used;
+  * ``step_size`` None -> max(1/255, 2.5 eps / steps) (Madry et al.'s usual
+    2.5 eps / steps, at least the paper's 1/255): 2/255 at the colour default
+    (8/255, 10 steps), 0.1875 on MNIST (0.3, 4 steps);
     ``--steps 30 --step-size 1/255`` is the paper's;
   * eps defaults per dataset (0.3 greyscale, 8/255 colour, the project's
     convention); ``--eps 2/255`` gives the paper's headline setting;
