@@ -68,7 +68,6 @@ def build_parser() -> argparse.ArgumentParser:
         "protection), beo (Bayes-error optimisation), lsp (linearly separable patches), ops (one-pixel "
         "shortcut), ar (autoregressive noise). `--method NAME --list-opts` prints a method's settings "
         "and defaults. Flags marked [ntga] apply to NTGA only.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_dataset_args(p)
     p.add_argument("--out", default=None, help="output directory (must be new or empty, unless --resume); required")
@@ -111,9 +110,9 @@ def _describe_options(spec) -> str:
     import dataclasses
 
     lines = [f"--method {spec.name}: {spec.summary}", "settings (--method-opt KEY=VALUE; eps/norm/steps/step_size "
-             "also as --eps/--norm/--steps/--step-size):"]
+             "also as --eps/--norm/--steps/--step-size; None = resolved for the data, see below):"]
     for f in dataclasses.fields(spec.config_type):
-        lines.append(f"  {f.name} = {f.default!r}" + ("  (None: per-dataset default)" if f.default is None else ""))
+        lines.append(f"  {f.name} = {f.default!r}")
     doc = (spec.config_type.__doc__ or "").strip()
     return "\n".join(lines) + ("\n\n" + doc if doc else "")
 
