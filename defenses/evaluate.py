@@ -64,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--breakers", default="none", metavar="SPECS",
                    help="comma-separated breakers, composed with '+', options as name@key=value "
                    "(default: none; clean and poisoned baselines are always trained)")
+    g.add_argument("--skip-clean", action="store_true",
+                   help="with --poisons: do not train the clean baseline (when it is measured once elsewhere "
+                   "with the same settings, e.g. for several methods' poisons of the same data); the table "
+                   "then has no gap-recovered values")
     g.add_argument("--breakers-on-clean", action="store_true",
                    help="also train each breaker on the clean images (what the breaker itself costs)")
     g.add_argument("--seeds", type=_positive, default=3,
@@ -126,7 +130,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         args.dataset = args.dataset or "digits"
         data = load_clean(split_from_args(args))
-    conditions = make_conditions(breakers, poisoned=data.poisoned, breakers_on_clean=args.breakers_on_clean)
+    if args.skip_clean and not data.poisoned:
+        raise UserInputError("--skip-clean needs --poisons: without poisons the clean runs are the whole evaluation")
+    conditions = make_conditions(breakers, poisoned=data.poisoned, breakers_on_clean=args.breakers_on_clean,
+                                 clean_baseline=not args.skip_clean)
     out = Path(args.out) if args.out else default_out(args)
     command = "python -m defenses.evaluate " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None
                                                                                else argv))

@@ -302,3 +302,14 @@ def test_help_lists_models_and_breakers():
     assert proc.returncode == 0
     for name in ("--poisons", "--breakers-on-clean", "--resume", "small-cnn", "orthogonal-projection", "@bits="):
         assert name in proc.stdout
+
+
+def test_skip_clean_trains_only_the_poisoned_rows(poison_dir, tmp_path):
+    out = tmp_path / "skip"
+    assert main(["--poisons", str(poison_dir), *FNN, "--seeds", "1", "--breakers", "none,bdr@bits=1",
+                 "--skip-clean", "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert sorted({r["condition"] for r in results["runs"]}) == ["poisoned", "poisoned/bdr@bits=1"]
+    assert (out / "accuracy_bars.png").is_file()
+    with pytest.raises(UserInputError, match="--skip-clean needs --poisons"):
+        main(["--dataset", "digits", *FNN, "--skip-clean", "--out", str(tmp_path / "c")])

@@ -67,19 +67,22 @@ class Condition:
                 "breaker": None if self.breaker is None else self.breaker.spec}
 
 
-def make_conditions(breakers: Sequence[Breaker], *, poisoned: bool, breakers_on_clean: bool = False
-                    ) -> list[Condition]:
+def make_conditions(breakers: Sequence[Breaker], *, poisoned: bool, breakers_on_clean: bool = False,
+                    clean_baseline: bool = True) -> list[Condition]:
     """The rows to train, baselines first.
 
     With poisons: clean, poisoned, poisoned + each breaker, then (with
     ``breakers_on_clean``) clean + each breaker, which measures what a breaker
     costs on its own. Clean-only: clean, then clean + each breaker. ``none`` is
     the poisoned (or clean) baseline itself; repeated specs are dropped.
+    ``clean_baseline=False`` (with poisons) leaves out the clean run, for
+    comparisons that measure it once elsewhere with the same settings.
     """
     active = list({b.spec: b for b in breakers if b.name != "none"}.values())
     if not poisoned:
         return [Condition(CLEAN)] + [Condition(CLEAN, b) for b in active]
-    rows = [Condition(CLEAN), Condition(POISONED)] + [Condition(POISONED, b) for b in active]
+    rows = ([Condition(CLEAN)] if clean_baseline else []) + [Condition(POISONED)]
+    rows += [Condition(POISONED, b) for b in active]
     if breakers_on_clean:
         rows += [Condition(CLEAN, b) for b in active]
     return rows

@@ -21,6 +21,9 @@ for m in "$@"; do
   [ -f "$out/accuracy_curves.png" ] && { echo "$out done"; continue; }
   until [ -f "$poisons/manifest.json" ]; do sleep 30; done  # generation may still be running
   resume=(); [ -f "$out/results.json" ] && resume=(--resume)
+  # The clean baseline (same indices, same victim settings) is trained once, with NTGA's poisons,
+  # on CIFAR-10, where each run costs minutes on the CPU.
+  skip=(); [ "$which" = cifar ] && [ "$m" != ntga ] && skip=(--skip-clean)
   python -m defenses.evaluate --poisons "$poisons" "${victim[@]}" --seeds 1 --breakers "$breakers" \
-    --no-progress --out "$out" "${resume[@]}"
+    --no-progress --out "$out" "${resume[@]}" "${skip[@]}"
 done
