@@ -20,6 +20,8 @@ HERE = Path(__file__).resolve().parent
 ORDER = ("ntga", "random", "random-cw", "em", "cuda", "sep", "beo", "lsp", "ops", "ar")
 LABELS = {"random": "random (sample-wise)", "random-cw": "random (class-wise)", "ntga": "ntga (fnn, PGD)"}
 FRACTIONS = ("0.2", "0.5", "0.8", "1.0")
+SHORT = {"orthogonal-projection": "orth. proj.",
+         "adversarial-training@eps=0.3@step_size=0.1@steps=3": "AT (L-inf 0.3, 3 x 0.1)"}
 
 
 def _load(path: Path) -> dict | None:
@@ -57,14 +59,14 @@ def comparison(which: str) -> tuple[list[str], dict]:
         wall = manifest.get("wall_time_s")
         rows.append(f"| {LABELS.get(method, method)} | {'-' if wall is None else f'{wall:.0f}'} | "
                     + " | ".join(_pct(cells.get(b)) for b in ["none", *breakers]) + " |")
-    head = [f"| method | generation (s) | {' | '.join(['none', *breakers])} |",
+    head = [f"| method | generation (s) | {' | '.join(SHORT.get(b, b) for b in ['none', *breakers])} |",
             "|---" * (len(breakers) + 3) + "|"]
     clean_line = f"Clean victim (same indices, no protection): {_pct(clean and clean['final_mean'])}% final test accuracy."
     return [clean_line, "", *head, *rows], record
 
 
 def fraction_table() -> tuple[list[str], dict]:
-    rows, record = [], {}
+    rows, record, clean_acc = [], {}, None
     for method in ("ntga", "em", "cuda", "beo"):
         cells = []
         for f in FRACTIONS:
@@ -72,10 +74,11 @@ def fraction_table() -> tuple[list[str], dict]:
             acc = None if results is None else _conditions(results)[1].get("poisoned", {}).get("final_mean")
             clean = None if results is None else _conditions(results)[1].get("clean", {}).get("final_mean")
             record.setdefault(method, {})[f] = {"poisoned_final": acc, "clean_final": clean}
+            clean_acc = clean_acc or clean
             cells.append(_pct(acc))
         rows.append(f"| {method} | " + " | ".join(cells) + " |")
     head = ["| method | " + " | ".join(f"fraction {f}" for f in FRACTIONS) + " |", "|---" * 5 + "|"]
-    return [*head, *rows], record
+    return [f"Clean victim (fraction 0): {_pct(clean_acc)}%.", "", *head, *rows], record
 
 
 def main() -> None:
