@@ -16,6 +16,7 @@ blocks present assembles the poison directory.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import shutil
@@ -27,6 +28,7 @@ import numpy as np
 
 from ntga import atomic
 from ntga.errors import UserInputError
+from ntga.poisondir import MANIFEST, read_poison_dir
 
 WORK_DIR = ".work"
 RUN_FILE = "run.json"
@@ -148,3 +150,38 @@ class BlockStore:
     def remove(self) -> None:
         """Deletes the work directory once the poison directory is complete."""
         shutil.rmtree(self.work, ignore_errors=True)
+
+
+def data_fingerprint(split) -> dict[str, Any]:
+    """The part of a run's fingerprint that names its data: dataset, content hash, split indices.
+
+    Every generation method puts this beside its own settings, so resuming on
+    other data (or another split of it) is refused the same way everywhere.
+    """
+    import ntga
+
+    def digest(a: np.ndarray) -> str:
+        return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+
+    ds = split.dataset
+    return {"dataset": ds.spec, "dataset_content_hash": ds.content_hash,
+            "train_indices_sha256": digest(split.train_idx), "target_indices_sha256": digest(split.target_idx),
+            "ntga_version": ntga.__version__}
+
+
+def finished_with_same_settings(out: Path, fingerprint: dict[str, Any]) -> bool:
+    """Whether ``out`` is a complete poison directory made with ``fingerprint``'s settings.
+
+    Raises:
+      UserInputError: it is complete but was made with other settings (so ``--resume``
+        never silently returns another run's output).
+    """
+    if not (Path(out) / MANIFEST).exists():
+        return False
+    saved = read_poison_dir(out, verify=True).manifest
+    diff = sorted(k for k in fingerprint if k in saved and saved[k] != fingerprint[k])
+    if diff:
+        details = "; ".join(f"{k}: was {saved[k]!r}, now {fingerprint[k]!r}" for k in diff)
+        raise UserInputError(f"cannot resume into {out}: it is complete but was made with different settings "
+                             f"({details})")
+    return True

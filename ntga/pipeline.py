@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,8 +18,7 @@ from typing import Any
 import jax
 import numpy as np
 
-import ntga
-from ntga.checkpoint import parse_shard
+from ntga.checkpoint import data_fingerprint, finished_with_same_settings, parse_shard
 from ntga.data import Split, split_from_args
 from ntga.errors import UserInputError
 
@@ -70,13 +68,6 @@ class GenerateOptions:
         )
 
 
-def _array_digest(*arrays: np.ndarray) -> str:
-    h = hashlib.sha256()
-    for a in arrays:
-        h.update(np.ascontiguousarray(a).tobytes())
-    return h.hexdigest()
-
-
 def validate_split(split: Split) -> None:
     """NTGA needs a target set (``Split`` itself guarantees it is disjoint from the poisoned set)."""
     if len(split.target_idx) == 0:
@@ -101,7 +92,6 @@ def generate(split: Split, options: GenerateOptions, out: str | Path, *, seed: i
     from ntga.attack import AttackConfig, make_block_attack, one_hot, to_float
     from ntga.kernels import make
     from ntga.methods.fraction import select_protected
-    from ntga.methods.run import finished_with_same_settings
     from ntga.runner import BlockJob, finish_poison_dir, run_blocks
 
     ds = split.dataset
@@ -130,11 +120,7 @@ def generate(split: Split, options: GenerateOptions, out: str | Path, *, seed: i
     settings = {**asdict(opts), "step_size": config.step_size}
     fingerprint = {
         "method": "ntga", **settings, "seed": seed,
-        **({} if all_rows else {"fraction": float(fraction)}),
-        "dataset": ds.spec, "dataset_content_hash": ds.content_hash,
-        "train_indices_sha256": _array_digest(split.train_idx),
-        "target_indices_sha256": _array_digest(split.target_idx),
-        "ntga_version": ntga.__version__,
+        **({} if all_rows else {"fraction": float(fraction)}), **data_fingerprint(split),
     }
     if resume and finished_with_same_settings(Path(out), fingerprint):
         print(f"{out} is already complete; nothing to do")

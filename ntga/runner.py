@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from ntga.checkpoint import BlockPlan, BlockStore
 from ntga.errors import UserInputError
-from ntga.poisondir import MANIFEST, read_poison_dir, write_poison_dir
+from ntga.poisondir import write_poison_dir
 from ntga.spread import BlockFn, BlockSpreader
 
 
@@ -164,12 +164,3 @@ def finish_poison_dir(out: str | Path, *, x_poison: np.ndarray, y: np.ndarray, s
                             overwrite=True, protected_positions=protected_positions)
     BlockStore(Path(out)).remove()
     return path
-
-
-def completed_poison_dir(out: str | Path) -> Path | None:
-    """Returns ``out`` if it already holds a complete, verified poison directory."""
-    out = Path(out)
-    if (out / MANIFEST).exists():
-        read_poison_dir(out, verify=True)
-        return out
-    return None

@@ -12,7 +12,6 @@ for NTGA, and resuming with other settings is refused).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import shutil
 import time
 from pathlib import Path
@@ -21,17 +20,12 @@ from typing import Any
 import jax
 import numpy as np
 
-import ntga
-from ntga.checkpoint import BlockStore
+from ntga.checkpoint import BlockStore, data_fingerprint, finished_with_same_settings
 from ntga.data import Split
 from ntga.errors import UserInputError
 from ntga.methods.base import MethodSpec, Protected, ProtectTask
 from ntga.methods.fraction import select_protected
-from ntga.poisondir import MANIFEST, read_poison_dir, write_poison_dir
-
-
-def _digest(a: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+from ntga.poisondir import write_poison_dir
 
 
 def _check_output(spec: MethodSpec, out: Protected, task: ProtectTask) -> None:
@@ -44,24 +38,6 @@ def _check_output(spec: MethodSpec, out: Protected, task: ProtectTask) -> None:
                            f"expected uint8{list(task.x.shape)}")
     if not np.array_equal(y, task.y):
         raise RuntimeError(f"method {spec.name} changed the labels; protection methods keep them")
-
-
-def finished_with_same_settings(out: Path, fingerprint: dict[str, Any]) -> bool:
-    """Whether ``out`` is a complete poison directory made with ``fingerprint``'s settings.
-
-    Raises:
-      UserInputError: it is complete but was made with other settings (so ``--resume``
-        never silently returns another run's output).
-    """
-    if not (Path(out) / MANIFEST).exists():
-        return False
-    saved = read_poison_dir(out, verify=True).manifest
-    diff = sorted(k for k in fingerprint if k in saved and saved[k] != fingerprint[k])
-    if diff:
-        details = "; ".join(f"{k}: was {saved[k]!r}, now {fingerprint[k]!r}" for k in diff)
-        raise UserInputError(f"cannot resume into {out}: it is complete but was made with different settings "
-                             f"({details})")
-    return True
 
 
 def generate_with_method(split: Split, spec: MethodSpec, config: Any, out: str | Path, *, seed: int = 0,
@@ -90,10 +66,7 @@ def generate_with_method(split: Split, spec: MethodSpec, config: Any, out: str |
     out = Path(out)
     settings = dataclasses.asdict(config)
     fingerprint = {
-        "method": spec.name, **settings, "seed": seed, "fraction": float(fraction),
-        "dataset": ds.spec, "dataset_content_hash": ds.content_hash,
-        "train_indices_sha256": _digest(split.train_idx), "target_indices_sha256": _digest(split.target_idx),
-        "ntga_version": ntga.__version__,
+        "method": spec.name, **settings, "seed": seed, "fraction": float(fraction), **data_fingerprint(split),
     }
     if resume and finished_with_same_settings(out, fingerprint):
         print(f"{out} is already complete; nothing to do")
