@@ -27,7 +27,6 @@ from __future__ import annotations
 import math
 from typing import Callable
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -120,6 +119,7 @@ def make_feature_fn(features: str | None, x_clean: np.ndarray, num_classes: int,
     if features is None:
         return lambda x: x.reshape(x.shape[0], math.prod(x.shape[1:]))  # explicit size: x may be empty
     from defenses.models import get_model  # the victims' registry; imported only when asked for
+    from ntga.methods.surrogate import readout_features
 
     module = get_model(features).build(num_classes=max(int(num_classes), 2))
     sample = x_clean.astype(np.float32) / 255.0
@@ -128,17 +128,7 @@ def make_feature_fn(features: str | None, x_clean: np.ndarray, num_classes: int,
     variables = module.init(key, jnp.zeros((1, *x_clean.shape[1:]), jnp.float32), train=False)
 
     def phi(x: jax.Array) -> jax.Array:
-        seen: list[jax.Array] = []
-
-        def grab_readout_input(next_fun, args, kwargs, context):
-            if isinstance(context.module, nn.Dense) and context.method_name == "__call__":
-                seen.append(args[0])
-            return next_fun(*args, **kwargs)
-
         z = (x.astype(jnp.float32) - mean[None, None, None, :]) / std[None, None, None, :]
-        with nn.intercept_methods(grab_readout_input):
-            module.apply(variables, z, train=False)
-        # The last Dense called is the readout; its input is the penultimate representation.
-        return seen[-1].reshape(x.shape[0], math.prod(seen[-1].shape[1:]))
+        return readout_features(module, variables, z)[0]
 
     return phi

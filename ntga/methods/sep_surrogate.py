@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,6 +30,7 @@ from defenses.train import TrainConfig, make_optimizer, make_train_step
 from ntga.atomic import atomic_open
 from ntga.attack import to_float
 from ntga.errors import UserInputError
+from ntga.methods.surrogate import readout_features
 
 Variables = Any  # {"params": ..., "batch_stats": ...}; leaves stacked over checkpoints: [n, ...]
 
@@ -176,35 +176,6 @@ def load_checkpoints(path: Path, template: Variables, count: int) -> Checkpoints
 
 
 # ----------------------------------------------------------------------------- reading the checkpoints
-
-
-def readout_features(module: nn.Module, variables: Any, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Penultimate features and logits of a classifier that ends in a Dense readout.
-
-    The features are the input of the last ``nn.Dense`` the module calls (its
-    readout), captured with a method interceptor, so no model needs a
-    dedicated ``features`` method. Runs in eval mode (running batch-norm statistics).
-
-    Args:
-      module: a ``defenses.models`` module.
-      variables: its variables (``params`` and maybe ``batch_stats``).
-      x: [B, H, W, C] standardised images.
-
-    Returns:
-      features [B, D] and logits [B, K].
-    """
-    captured = []
-
-    def interceptor(next_fun, args, kwargs, context):
-        if isinstance(context.module, nn.Dense) and context.method_name == "__call__":
-            captured.append(args[0])
-        return next_fun(*args, **kwargs)
-
-    with nn.intercept_methods(interceptor):
-        logits = module.apply(variables, x, train=False)
-    if not captured:
-        raise UserInputError(f"{type(module).__name__} has no Dense readout; feature_alignment needs one")
-    return captured[-1].reshape(x.shape[0], -1), logits
 
 
 def model_variables(spec, tree: dict) -> dict:

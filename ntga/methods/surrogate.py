@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any, Callable, Mapping, NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -213,5 +215,35 @@ def state_from_arrays(template: State, arrays: list[np.ndarray], where: str = "c
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
-__all__ = ["State", "Surrogate", "accuracy", "make_surrogate", "padded_batches", "state_from_arrays",
-           "state_to_arrays"]
+def readout_features(module: nn.Module, variables: Any, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Penultimate features and logits of a classifier that ends in a Dense readout.
+
+    The features are the input of the last ``nn.Dense`` the module calls (its
+    readout), captured with a method interceptor, so no model needs a
+    dedicated ``features`` method. Runs in eval mode (running batch-norm statistics).
+
+    Args:
+      module: a ``defenses.models`` module.
+      variables: its variables (``params`` and maybe ``batch_stats``).
+      x: [B, H, W, C] standardised images.
+
+    Returns:
+      features [B, D] and logits [B, K].
+    """
+    captured = []
+
+    def interceptor(next_fun, args, kwargs, context):
+        if isinstance(context.module, nn.Dense) and context.method_name == "__call__":
+            captured.append(args[0])
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(interceptor):
+        logits = module.apply(variables, x, train=False)
+    if not captured:
+        raise UserInputError(f"{type(module).__name__} has no Dense readout, so it has no penultimate features")
+    feats = captured[-1]
+    return feats.reshape(x.shape[0], math.prod(feats.shape[1:])), logits  # explicit size: x may be empty
+
+
+__all__ = ["State", "Surrogate", "accuracy", "make_surrogate", "padded_batches", "readout_features",
+           "state_from_arrays", "state_to_arrays"]
