@@ -99,6 +99,8 @@ def test_spec_round_trips(text):
     ("none+jpeg", "'none' cannot be composed"),
     ("apl+apl@alpha=2", "apl and apl both replace the training loss"),
     ("ueraser+adversarial-training", "ueraser and adversarial-training both replace each batch"),
+    ("ueraser@max_epochs=3+adversarial-training", "ueraser and adversarial-training both replace each batch"),
+    ("ueraser@max_epochs=-1", "max_epochs"),
 ])
 def test_parse_errors_name_what_is_accepted(text, message):
     with pytest.raises(UserInputError, match=message):
@@ -152,6 +154,18 @@ def test_adversarial_hooks_follow_the_trainer_contract(key):
         out = jax.jit(lambda k, xb, yb: hooks.adversarial(k, input_loss, xb, yb))(key, x, y)
         assert out.shape == x.shape and out.dtype == x.dtype
         assert float(jnp.sum(input_loss(out, y))) > float(jnp.sum(input_loss(x, y)))
+
+
+def test_ueraser_max_epochs_switches_to_one_draw():
+    default = parse_breaker("ueraser").hooks(4)
+    assert default.adversarial is not None and default.after is None  # max over draws in every epoch
+    scheduled = parse_breaker("ueraser@max_epochs=3").hooks(4)
+    assert scheduled.at_epoch(2).adversarial is not None and scheduled.at_epoch(2).batch_transform is None
+    late = scheduled.at_epoch(3)
+    assert late.adversarial is None and late.batch_transform is not None and late.after is None
+    # Lite after the switch may compose with adversarial training only if the early phase could too: it cannot.
+    lite_only = parse_breaker("ueraser@draws=1@max_epochs=3+adversarial-training@steps=1").hooks(4)
+    assert lite_only.adversarial is not None and lite_only.batch_transform is not None
 
 
 @pytest.mark.slow

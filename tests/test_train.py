@@ -215,3 +215,38 @@ def test_channel_stats_match_numpy():
     ref = x.astype(np.float64) / 255
     np.testing.assert_allclose(mean, ref.mean(axis=(0, 1, 2)), rtol=1e-5)
     np.testing.assert_allclose(std, ref.std(axis=(0, 1, 2)), rtol=1e-5)
+
+
+def test_hooks_schedule_validates_and_resolves_by_epoch():
+    late, later = TrainHooks(loss_fn=lambda a, b: a.sum(-1)), TrainHooks()
+    schedule = TrainHooks(switch_epoch=2, after=TrainHooks(loss_fn=late.loss_fn, switch_epoch=5, after=later))
+    assert schedule.at_epoch(0) is schedule and schedule.at_epoch(1) is schedule
+    assert schedule.at_epoch(2) is schedule.after and schedule.at_epoch(4) is schedule.after
+    assert schedule.at_epoch(5) is later and schedule.at_epoch(99) is later
+    with pytest.raises(ValueError, match="together"):
+        TrainHooks(switch_epoch=1)
+    with pytest.raises(ValueError, match=">= 0"):
+        TrainHooks(switch_epoch=-1, after=later)
+
+
+def test_compose_hooks_switches_at_the_earliest_member_switch():
+    zero = TrainHooks(batch_transform=lambda k, x, y: (x * 0, y))
+    plus = lambda v: TrainHooks(batch_transform=lambda k, x, y: (x + v, y))  # noqa: E731
+    composed = compose_hooks(zero, TrainHooks(switch_epoch=3, after=plus(10)),
+                             TrainHooks(batch_transform=plus(1).batch_transform, switch_epoch=1, after=plus(2)))
+    x, y = jnp.ones((2, 8, 8, 1)), jnp.zeros(2, jnp.int32)
+    key = jax.random.key(0)
+    values = [float(composed.at_epoch(e).batch_transform(key, x, y)[0][0, 0, 0, 0]) for e in range(5)]
+    # epoch 0: zero, +1; from 1: zero, +2; from 3: zero, +10, +2
+    assert values == [1.0, 2.0, 2.0, 12.0, 12.0]
+    assert composed.switch_epoch == 1 and composed.after.switch_epoch == 3
+
+
+def test_trainer_follows_the_hooks_schedule():
+    """A loss of zero for the first two epochs, the configured loss afterwards (one compile per phase)."""
+    zero_loss = TrainHooks(loss_fn=lambda logits, targets: jnp.zeros(logits.shape[0]),
+                           switch_epoch=2, after=TrainHooks())
+    result = run("fnn", epochs=4, hooks=zero_loss)
+    np.testing.assert_array_equal(result.train_loss_curve[:2], 0.0)
+    assert np.all(result.train_loss_curve[2:] > 0)
+    assert np.isfinite(result.images_per_s) and result.images_per_s > 0

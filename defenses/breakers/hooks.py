@@ -11,26 +11,10 @@ adversarial procedure always runs after them, whatever its position.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Iterable, Sequence
 
-import jax
-
-from defenses.train import TrainHooks
+from defenses.train import TrainHooks, compose_hooks
 from ntga.errors import UserInputError
-
-
-def chain(transforms: Sequence[Callable]) -> Callable:
-    """Left-to-right composition of batch transforms; member i gets ``fold_in(key, i)``."""
-    transforms = tuple(transforms)
-    if len(transforms) == 1:
-        return transforms[0]
-
-    def transform(key, x, y):
-        for i, fn in enumerate(transforms):
-            x, y = fn(jax.random.fold_in(key, i), x, y)
-        return x, y
-
-    return transform
 
 
 def merge_hooks(named: Sequence[tuple[str, TrainHooks]]) -> TrainHooks:
@@ -45,6 +29,23 @@ def merge_hooks(named: Sequence[tuple[str, TrainHooks]]) -> TrainHooks:
         UserInputError: naming the clashing breakers.
     """
     named = list(named)
+    # A schedule (e.g. UEraser-Max for the first epochs) changes a member's hooks
+    # between epochs, so the rules are checked in every phase of the composition.
+    for epoch in sorted({0} | _switch_epochs(hooks for _, hooks in named)):
+        _check_phase([(name, hooks.at_epoch(epoch)) for name, hooks in named])
+    return compose_hooks(*(hooks for _, hooks in named))
+
+
+def _switch_epochs(members: Iterable[TrainHooks]) -> set[int]:
+    epochs = set()
+    for hooks in members:
+        while hooks.after is not None:
+            epochs.add(hooks.switch_epoch)
+            hooks = hooks.after
+    return epochs
+
+
+def _check_phase(named: list[tuple[str, TrainHooks]]) -> None:
     losses = [name for name, hooks in named if hooks.loss_fn is not None]
     adversaries = [name for name, hooks in named if hooks.adversarial is not None]
     if len(losses) > 1:
@@ -56,9 +57,3 @@ def merge_hooks(named: Sequence[tuple[str, TrainHooks]]) -> TrainHooks:
             f"breakers {' and '.join(adversaries)} both replace each batch by a loss-maximising procedure; "
             "compose at most one of them with '+'"
         )
-    transforms = [hooks.batch_transform for _, hooks in named if hooks.batch_transform is not None]
-    return TrainHooks(
-        batch_transform=chain(transforms) if transforms else None,
-        adversarial=next((h.adversarial for _, h in named if h.adversarial is not None), None),
-        loss_fn=next((h.loss_fn for _, h in named if h.loss_fn is not None), None),
-    )

@@ -83,10 +83,13 @@ def fit_linear_classifier(
     features = centred * scale
     params = (jnp.zeros((x.shape[1], num_classes), x.dtype), jnp.zeros((num_classes,), x.dtype))
     optimizer = optax.sgd(lr)
+    # One-hot targets, not integer labels: the integer form's gradient is a
+    # scatter that XLA:CPU constant-folds for seconds (with an alarm) at N = 50,000.
+    targets = jax.nn.one_hot(y, num_classes, dtype=x.dtype)
 
     def loss(p):
         logits = features @ p[0] + p[1][None, :]
-        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
+        return jnp.mean(optax.softmax_cross_entropy(logits, targets))
 
     def step(carry, _):
         p, state = carry

@@ -124,15 +124,18 @@ def _build_adversarial(norm, eps, step_size, steps):
     return None, lambda num_classes: TrainHooks(adversarial=adversarial)
 
 
-def _build_ueraser(draws):
+def _build_ueraser(draws, max_epochs):
+    lite = TrainHooks(batch_transform=lambda key, x, y: (ueraser_augment(key, x), y))
     if draws == 1:  # UEraser-Lite: no loss needed, a plain batch augmentation
-        transform = lambda key, x, y: (ueraser_augment(key, x), y)  # noqa: E731
-        return None, lambda num_classes: TrainHooks(batch_transform=transform)
+        return None, lambda num_classes: lite
 
     def adversarial(key, input_loss, x, y):
         return ueraser_max(input_loss, key, x, y, draws=draws)
 
-    return None, lambda num_classes: TrainHooks(adversarial=adversarial)
+    if max_epochs == 0:
+        return None, lambda num_classes: TrainHooks(adversarial=adversarial)
+    # UEraser-Max for the first max_epochs epochs, then one draw per example.
+    return None, lambda num_classes: TrainHooks(adversarial=adversarial, switch_epoch=max_epochs, after=lite)
 
 
 def _build_apl(alpha, beta, passive):
@@ -222,7 +225,11 @@ _FACTORIES = (
         "trains on the highest-loss of several draws.",
         f"Qin et al. (2023), 'Learning the Unlearnable'; {APBENCH} 'UEraser-Max' (5 draws)",
         (TOUCHES_BATCHES, TOUCHES_PROCEDURE),
-        (Option("draws", int, 5, "augmentations per example, max loss kept (1 = UEraser-Lite)", low=1),),
+        (
+            Option("draws", int, 5, "augmentations per example, max loss kept (1 = UEraser-Lite)", low=1),
+            Option("max_epochs", int, 0, "epochs trained on the max over draws, one draw per example afterwards "
+                   "(0 = every epoch; APBench's UEraser-Max: 300)", low=0),
+        ),
         _build_ueraser,
     ),
     BreakerFactory(

@@ -13,6 +13,9 @@ Unlearnable Example Attacks" (2023). One UEraser draw applies, per example:
 
 UEraser-Max draws K (default 5) augmentations of every example and trains on
 the one with the highest loss under the current model; K = 1 is UEraser-Lite.
+The authors maximise only during the first epochs (300 in APBench's
+UEraser-Max) and train on one draw afterwards: the breaker's ``max_epochs``
+option (default 0 = maximise in every epoch, as our runs are far shorter).
 
 Plasma maps: kornia uses the diamond-square algorithm; here the same kind of
 map is built by summing octaves of bilinearly upsampled uniform noise on

@@ -53,6 +53,9 @@ Inside one jitted step (the hook contract the breakers code against)
     and must be jittable; under ``train_many_seeds`` with vmap they are also
     vmapped over seeds, which plain ``jax.numpy`` code supports. Compose several
     breakers with :func:`compose_hooks`. Test images are never transformed.
+    Hooks may change between epochs (``TrainHooks.switch_epoch`` / ``after``):
+    each phase of such a schedule gets its own jitted step, compiled when the
+    phase begins.
 
 Model options
     ``model_kwargs`` set module attributes: widths/depths (``{"width": 16}``,

@@ -105,34 +105,81 @@ class TrainHooks:
         adversarial: ``(key, input_loss, x, y) -> x`` with
             ``input_loss(x, y, train=True) -> per-example loss [B]``.
         loss_fn: ``(logits [B,k], targets [B,k]) -> per-example loss [B]``, replacing the configured loss.
+        switch_epoch, after: a schedule: from the 0-based epoch ``switch_epoch`` on, the trainer
+            uses the hooks ``after`` instead of these (e.g. UEraser-Max for the first epochs, one
+            draw afterwards). Both or neither; ``after`` may itself switch again later.
     """
 
     batch_transform: Callable[[Array, Array, Array], tuple[Array, Array]] | None = None
     adversarial: Callable[[Array, InputLoss, Array, Array], Array] | None = None
     loss_fn: LossFn | None = None
+    switch_epoch: int | None = None
+    after: "TrainHooks | None" = None
+
+    def __post_init__(self):
+        if (self.switch_epoch is None) != (self.after is None):
+            raise ValueError("TrainHooks: switch_epoch and after go together")
+        if self.switch_epoch is not None and (not isinstance(self.switch_epoch, int) or self.switch_epoch < 0):
+            raise ValueError(f"TrainHooks: switch_epoch must be an int >= 0, got {self.switch_epoch!r}")
+
+    def at_epoch(self, epoch: int) -> "TrainHooks":
+        """The hooks in force during the 0-based ``epoch`` (following the schedule)."""
+        hooks = self
+        while hooks.after is not None and epoch >= hooks.switch_epoch:
+            hooks = hooks.after
+        return hooks
+
+
+# Members of a composition run in order, member i with ``fold_in(key, i)``; a lone
+# member keeps the step's own key, so composing one breaker changes nothing.
+def _chain_transforms(fns: Sequence[Callable]) -> Callable:
+    if len(fns) == 1:
+        return fns[0]
+
+    def transform(key, x, y):
+        for i, fn in enumerate(fns):
+            x, y = fn(jax.random.fold_in(key, i), x, y)
+        return x, y
+
+    return transform
+
+
+def _chain_adversaries(fns: Sequence[Callable]) -> Callable:
+    if len(fns) == 1:
+        return fns[0]
+
+    def adversarial(key, input_loss, x, y):
+        for i, fn in enumerate(fns):
+            x = fn(jax.random.fold_in(key, i), input_loss, x, y)
+        return x
+
+    return adversarial
 
 
 def compose_hooks(*hooks: TrainHooks | None) -> TrainHooks:
-    """One TrainHooks running the given ones in order (at most one may set ``loss_fn``)."""
+    """One TrainHooks running the given ones in order (at most one may set ``loss_fn``).
+
+    Schedules compose: the result switches at the earliest ``switch_epoch`` of
+    its members, to the composition of each member's hooks from then on.
+    """
     hooks = tuple(h for h in hooks if h is not None)
     transforms = [h.batch_transform for h in hooks if h.batch_transform is not None]
     adversaries = [h.adversarial for h in hooks if h.adversarial is not None]
     losses = [h.loss_fn for h in hooks if h.loss_fn is not None]
     if len(losses) > 1:
         raise UserInputError(f"{len(losses)} breakers replace the loss; at most one can")
-
-    def batch_transform(key, x, y):
-        for i, fn in enumerate(transforms):
-            x, y = fn(jax.random.fold_in(key, i), x, y)
-        return x, y
-
-    def adversarial(key, input_loss, x, y):
-        for i, fn in enumerate(adversaries):
-            x = fn(jax.random.fold_in(key, i), input_loss, x, y)
-        return x
-
-    return TrainHooks(batch_transform if transforms else None, adversarial if adversaries else None,
-                      losses[0] if losses else None)
+    switches = [h.switch_epoch for h in hooks if h.after is not None]
+    switch = min(switches) if switches else None
+    after = None
+    if switch is not None:
+        after = compose_hooks(*(h.after if h.after is not None and h.switch_epoch == switch else h for h in hooks))
+    return TrainHooks(
+        batch_transform=_chain_transforms(transforms) if transforms else None,
+        adversarial=_chain_adversaries(adversaries) if adversaries else None,
+        loss_fn=losses[0] if losses else None,
+        switch_epoch=switch,
+        after=after,
+    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,6 +2,9 @@
 # Trains the comparison's victim on clean data, on each method's poisons and with each breaker (issue 5).
 # Usage: bash experiments/methods/evaluate.sh mnist|cifar METHOD...   (run from the repository root after
 # generate.sh; "ntga" reads runs/mnist-fnn or runs/cifar12k-fnn). Skips finished evaluations, resumes others.
+# More breakers on CIFAR-10 go to another results folder (a resume with other breakers is refused), e.g.
+#   CIFAR_BREAKERS=ueraser,orthogonal-projection RESULTS=cifar-more bash experiments/methods/evaluate.sh cifar ntga ...
+# Those runs reuse the clean baseline of experiments/methods/cifar/ntga (--skip-clean).
 set -euo pipefail
 which="$1"; shift
 case "$which" in
@@ -17,13 +20,13 @@ case "$which" in
 esac
 for m in "$@"; do
   poisons="runs/$which-$m"; [ "$m" = ntga ] && poisons="$ntga"
-  out="experiments/methods/$which/$m"
+  out="experiments/methods/${RESULTS:-$which}/$m"
   [ -f "$out/accuracy_curves.png" ] && { echo "$out done"; continue; }
   until [ -f "$poisons/manifest.json" ]; do sleep 30; done  # generation may still be running
   resume=(); [ -f "$out/results.json" ] && resume=(--resume)
   # The clean baseline (same indices, same victim settings) is trained once, with NTGA's poisons,
   # on CIFAR-10, where each run costs minutes on the CPU.
-  skip=(); [ "$which" = cifar ] && [ "$m" != ntga ] && skip=(--skip-clean)
+  skip=(); [ "$which" = cifar ] && { [ "$m" != ntga ] || [ -n "${RESULTS:-}" ]; } && skip=(--skip-clean)
   python -m defenses.evaluate --poisons "$poisons" "${victim[@]}" --seeds 1 --breakers "$breakers" \
     --no-progress --out "$out" "${resume[@]}" "${skip[@]}"
 done

@@ -60,11 +60,11 @@ from tqdm.auto import tqdm
 
 from defenses.augment import channel_stats
 from defenses.models import MODELS
-from ntga.atomic import atomic_open
 from ntga.attack import quantize_to_budget, to_float
 from ntga.errors import UserInputError
 from ntga.methods.base import MethodSpec, Protected, ProtectTask, grey_or_colour_eps
-from ntga.methods.surrogate import make_surrogate, padded_batches, state_from_arrays, state_to_arrays
+from ntga.methods.surrogate import make_surrogate, padded_batches
+from ntga.methods.tree_io import load_tree, save_tree
 
 CPU_SURROGATE_WIDTH = 4  # small-cnn width when none is given (CPU-feasible; see the module docstring)
 CHECKPOINT = "em_state.npz"
@@ -173,21 +173,16 @@ def _round_fns(sur, classwise: bool):
 
 
 def _save(path, delta, state, rounds: int, acc: float) -> None:
-    leaves = state_to_arrays(state)
-    with atomic_open(path) as f:
-        np.savez(f, delta=np.asarray(delta), rounds=np.int64(rounds), acc=np.float64(acc),
-                 num_leaves=np.int64(len(leaves)), **{f"leaf_{i}": a for i, a in enumerate(leaves)})
+    save_tree(path, state, delta=delta, rounds=rounds, acc=acc)
 
 
 def _load(path, delta, state):
-    with np.load(path, allow_pickle=False) as z:
-        saved = z["delta"]
-        if saved.shape != delta.shape or saved.dtype != delta.dtype:
-            raise UserInputError(f"{path}: noise is {saved.dtype}{list(saved.shape)}, expected "
-                                 f"{delta.dtype}{list(delta.shape)}; delete it or run without --resume")
-        leaves = [z[f"leaf_{i}"] for i in range(int(z["num_leaves"]))]
-        state = state_from_arrays(state, leaves, where=str(path))
-        return np.array(saved), state, int(z["rounds"]), float(z["acc"])
+    stored, extras = load_tree(path, state, extras=("delta", "rounds", "acc"))
+    saved = extras["delta"]
+    if saved.shape != delta.shape or saved.dtype != delta.dtype:
+        raise UserInputError(f"{path}: noise is {saved.dtype}{list(saved.shape)}, expected "
+                             f"{delta.dtype}{list(delta.shape)}; delete it or run without --resume")
+    return np.array(saved), jax.tree.map(jnp.asarray, stored), int(extras["rounds"]), float(extras["acc"])
 
 
 def protect_em(task: ProtectTask, config: EMConfig, key: jax.Array) -> Protected:

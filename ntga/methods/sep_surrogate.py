@@ -27,9 +27,9 @@ from tqdm.auto import tqdm
 
 from defenses.augment import channel_stats, standardize
 from defenses.train import TrainConfig, make_optimizer, make_train_step
-from ntga.atomic import atomic_open
 from ntga.attack import to_float
 from ntga.errors import UserInputError
+from ntga.methods.tree_io import load_tree, save_tree
 from ntga.methods.surrogate import readout_features
 
 Variables = Any  # {"params": ..., "batch_stats": ...}; leaves stacked over checkpoints: [n, ...]
@@ -150,11 +150,8 @@ def train_with_checkpoints(module, spec, x: np.ndarray, y: np.ndarray, num_class
 
 
 def save_checkpoints(path: Path, ckpts: Checkpoints) -> None:
-    """Writes the checkpoints atomically as flat arrays (``leaf_0000``, ...) in tree-flatten order."""
-    leaves = jax.tree.leaves(ckpts.variables)
-    arrays = {f"leaf_{i:04d}": np.asarray(leaf) for i, leaf in enumerate(leaves)}
-    with atomic_open(path) as f:
-        np.savez(f, steps=ckpts.steps, train_acc=ckpts.train_acc, **arrays)
+    """Writes the checkpoints atomically (``ntga.methods.tree_io``; leaves stacked over checkpoints)."""
+    save_tree(path, ckpts.variables, steps=ckpts.steps, train_acc=ckpts.train_acc)
 
 
 def load_checkpoints(path: Path, template: Variables, count: int) -> Checkpoints:
@@ -163,16 +160,11 @@ def load_checkpoints(path: Path, template: Variables, count: int) -> Checkpoints
     Raises:
       UserInputError: the file does not hold ``count`` checkpoints of this model.
     """
-    leaves, treedef = jax.tree.flatten(template)
-    with np.load(path, allow_pickle=False) as data:
-        stored = [data[f"leaf_{i:04d}"] for i in range(len(leaves)) if f"leaf_{i:04d}" in data]
-        steps, train_acc = data["steps"], data["train_acc"]
-    shapes_ok = len(stored) == len(leaves) and all(
-        s.shape == (count, *np.shape(t)) for s, t in zip(stored, leaves))
-    if not shapes_ok or steps.shape != (count,):
-        raise UserInputError(f"{path} does not hold {count} checkpoints of this surrogate; "
-                             "remove it (or the output directory) to retrain")
-    return Checkpoints(variables=jax.tree.unflatten(treedef, stored), steps=steps, train_acc=train_acc)
+    variables, extras = load_tree(path, template, leading=(count,), extras=("steps", "train_acc"))
+    if extras["steps"].shape != (count,):
+        raise UserInputError(f"{path} holds {extras['steps'].shape[0]} checkpoints, expected {count}; "
+                             "delete it or run without --resume")
+    return Checkpoints(variables=variables, steps=extras["steps"], train_acc=extras["train_acc"])
 
 
 # ----------------------------------------------------------------------------- reading the checkpoints

@@ -20,8 +20,8 @@ images' statistics) so the network's input convention does not drift while the
 perturbation changes.
 
 The state is the dict ``defenses.train.make_train_step`` uses (``params``,
-``batch_stats``, ``opt_state``, ``step``) plus ``mean``/``std``; :func:`state_to_arrays` and
-:func:`state_from_arrays` flatten it for ``np.savez`` checkpoints.
+``batch_stats``, ``opt_state``, ``step``) plus ``mean``/``std``; ``ntga.methods.tree_io``
+saves and restores it for resumable runs.
 """
 
 from __future__ import annotations
@@ -190,31 +190,6 @@ def accuracy(sur: Surrogate, state: State, x: jax.Array, y: jax.Array, batch_siz
     return correct / n
 
 
-def state_to_arrays(state: State) -> list[np.ndarray]:
-    """The state's leaves in ``jax.tree_util`` order, as numpy arrays (for ``np.savez``)."""
-    return [np.asarray(leaf) for leaf in jax.tree_util.tree_leaves(state)]
-
-
-def state_from_arrays(template: State, arrays: list[np.ndarray], where: str = "checkpoint") -> State:
-    """Rebuilds a state shaped like ``template`` from :func:`state_to_arrays` output.
-
-    Raises:
-      UserInputError: the arrays do not match the template's leaves (count, shape or dtype).
-    """
-    leaves, treedef = jax.tree_util.tree_flatten(template)
-    if len(arrays) != len(leaves):
-        raise UserInputError(f"{where} holds {len(arrays)} surrogate arrays, expected {len(leaves)}; "
-                             "delete it or run without --resume")
-    out = []
-    for i, (leaf, arr) in enumerate(zip(leaves, arrays)):
-        leaf = np.asarray(leaf)
-        if arr.shape != leaf.shape or arr.dtype != leaf.dtype:
-            raise UserInputError(f"{where}: surrogate array {i} is {arr.dtype}{list(arr.shape)}, expected "
-                                 f"{leaf.dtype}{list(leaf.shape)}; delete it or run without --resume")
-        out.append(jnp.asarray(arr))
-    return jax.tree_util.tree_unflatten(treedef, out)
-
-
 def readout_features(module: nn.Module, variables: Any, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Penultimate features and logits of a classifier that ends in a Dense readout.
 
@@ -245,5 +220,4 @@ def readout_features(module: nn.Module, variables: Any, x: jax.Array) -> tuple[j
     return feats.reshape(x.shape[0], math.prod(feats.shape[1:])), logits  # explicit size: x may be empty
 
 
-__all__ = ["State", "Surrogate", "accuracy", "make_surrogate", "padded_batches", "readout_features",
-           "state_from_arrays", "state_to_arrays"]
+__all__ = ["State", "Surrogate", "accuracy", "make_surrogate", "padded_batches", "readout_features"]
