@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--loss", default=None, choices=("ce", "mse"))
     t.add_argument("--augment", default=None, action=argparse.BooleanOptionalAction,
                    help="random crop + flip of the training batches")
+    t.add_argument("--standardize", default=True, action=argparse.BooleanOptionalAction,
+                   help="standardise inputs per channel with the training images' mean/std (default); "
+                   "--no-standardize feeds raw [0, 1] pixels, as the NTGA reference's victims")
     t.add_argument("--eval-every", type=_positive, default=1,
                    help="evaluate the test set every N epochs and after the last (default: 1)")
     o = p.add_argument_group("output")
@@ -116,7 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # victims against the data (inside evaluate), all before any training.
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
                          momentum=args.momentum, weight_decay=args.weight_decay, schedule=args.schedule,
-                         augment=args.augment, loss=args.loss, eval_every=args.eval_every)
+                         augment=args.augment, loss=args.loss, standardize=args.standardize,
+                         eval_every=args.eval_every)
     models = [m.strip() for m in args.model.split(",")]
     victims = make_victims(models, parse_model_opts(args.model_opt, models), config)
     breakers = parse_breakers(args.breakers)

@@ -184,6 +184,7 @@ def test_a_killed_evaluation_keeps_its_runs_and_resume_skips_them(tmp_path, pois
     (["--seed", "1"], "different settings .*base_seed"),
     (["--model-opt", "fnn-relu:width=8"], "fnn-relu was trained with different settings"),
     (["--test-size", "40"], "different settings .*test_indices_sha256"),
+    (["--no-standardize"], "different settings .*standardize: True before, False now"),
 ])
 def test_resume_refuses_different_settings(tmp_path, poison_dir, monkeypatch, change, message):
     import defenses.evaluation.pipeline as pipeline
@@ -313,3 +314,12 @@ def test_skip_clean_trains_only_the_poisoned_rows(poison_dir, tmp_path):
     assert (out / "accuracy_bars.png").is_file()
     with pytest.raises(UserInputError, match="--skip-clean needs --poisons"):
         main(["--dataset", "digits", *FNN, "--skip-clean", "--out", str(tmp_path / "c")])
+
+
+def test_no_standardize_reaches_the_trainer_and_the_report(poison_dir, tmp_path):
+    out = tmp_path / "raw"
+    assert main(["--poisons", str(poison_dir), *FNN, "--seeds", "1", "--skip-clean", "--no-standardize",
+                 "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["settings"]["train_config"]["standardize"] is False
+    assert "raw [0, 1] inputs" in (out / "results.md").read_text()

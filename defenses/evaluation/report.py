@@ -127,6 +127,8 @@ def _recipe(config: Mapping[str, Any]) -> str:
     parts += [f"{config['schedule']} schedule", f"{config['loss']} loss",
               "crop+flip" if config["augment"] else "no augmentation",
               f"{config['epochs']} epochs", f"batch {config['batch_size']}"]
+    if not config.get("standardize", True):
+        parts.append("raw [0, 1] inputs (no standardisation)")
     return ", ".join(parts)
 
 
