@@ -23,7 +23,8 @@ from typing import Sequence
 import numpy as np
 
 from ntga.errors import UserInputError, run_cli
-from ntga.poisondir import PoisonSet, _check_images, _check_labels, read_poison_dir
+from ntga.poisondir import PoisonSet, read_poison_dir
+from ntga.poisondir.checks import check_images, check_labels
 
 
 def _check_class_names(class_names: Sequence[str], num_classes: int) -> list[str]:
@@ -86,8 +87,8 @@ def export_image_folder(
         raise UserInputError("give both x_test and y_test, or neither")
     max_label = int(poisons.y.max()) if poisons.y.size else -1
     if x_test is not None:
-        x_test = _check_images(x_test, "x_test")
-        y_test = _check_labels(y_test, x_test.shape[0], None, "y_test")
+        x_test = check_images(x_test, "x_test")
+        y_test = check_labels(y_test, x_test.shape[0], None, "y_test")
         max_label = max(max_label, int(y_test.max()) if y_test.size else -1)
     names = _check_class_names(class_names, max_label + 1)
     dest.parent.mkdir(parents=True, exist_ok=True)

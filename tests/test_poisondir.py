@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from ntga import budget
 from ntga import poisondir as pd
+from ntga.poisondir.checks import sha256_of
 from ntga.errors import UserInputError
 
 CLASSES = ["zero", "one", "two"]
@@ -184,7 +185,7 @@ def _inject_object_array(path: Path, update_manifest: bool) -> None:
     objects[:] = [{"payload": i} for i in range(6)]
     np.save(path / "y_train.npy", objects, allow_pickle=True)
     if update_manifest:
-        sha = pd._sha256(path / "y_train.npy")
+        sha = sha256_of(path / "y_train.npy")
         _rewrite_manifest(path, lambda m: m["files"]["y_train.npy"].update(sha256=sha, dtype="object"))
 
 
