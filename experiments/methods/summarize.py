@@ -23,7 +23,7 @@ LABELS = {"random": "random (sample-wise)", "random-cw": "random (class-wise)", 
 FRACTIONS = ("0.2", "0.5", "0.8", "1.0")
 SHORT = {"orthogonal-projection": "orth. proj.",
          "adversarial-training@eps=0.3@step_size=0.1@steps=3": "AT (L-inf 0.3, 3 x 0.1)",
-         "adversarial-training@steps=3@step_size=3/255": "AT (L-inf 8/255, 3 x 3/255)"}
+         "adversarial-training@steps=3@step_size=0.011764705882352941": "AT (L-inf 8/255, 3 x 3/255)"}
 
 
 def _load(path: Path) -> dict | None:
