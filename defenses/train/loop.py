@@ -113,15 +113,19 @@ def _run(model_name, x_train, y_train, x_test, y_test, config, keys, hooks, prog
     except (TypeError, ValueError) as err:  # e.g. flatten sizes that do not fit
         raise UserInputError(f"{model_name} cannot take images of shape {x_train.shape[1:]}: {err}") from None
 
-    compiled_steps = {}  # one jitted step per phase of the hooks' schedule, built when first needed
+    # One jitted step per phase of the hooks' schedule, built when the phase begins. Keyed by
+    # id(phase): every phase is held by ``schedule`` for the whole run, so the ids stay unique.
+    compiled_steps = {}
     schedule = hooks or TrainHooks()
 
     def train_step_for(epoch):
+        """The step of the phase in force, and whether it is new (its first call compiles)."""
         phase = schedule.at_epoch(epoch)
-        if id(phase) not in compiled_steps:
+        new = id(phase) not in compiled_steps
+        if new:
             step = make_train_step(module, spec, cfg, tx, k, mean, std, phase)
-            compiled_steps[id(phase)] = (phase, jax.jit(lift(step, (0, None, None, 0, 0)), donate_argnums=0))
-        return compiled_steps[id(phase)][1]
+            compiled_steps[id(phase)] = jax.jit(lift(step, (0, None, None, 0, 0)), donate_argnums=0)
+        return compiled_steps[id(phase)], new
 
     eval_step = jax.jit(lift(make_eval_step(module, spec, cfg, mean, std), (0, None, None, None)))
     shuffle = jax.jit(lift(lambda key, epoch: jax.random.permutation(jax.random.fold_in(key, epoch), n)[:steps * bsz]
@@ -148,9 +152,7 @@ def _run(model_name, x_train, y_train, x_test, y_test, config, keys, hooks, prog
     bar = tqdm(range(config.epochs), desc=model_name, disable=not progress, leave=False)
     for epoch in bar:
         t0 = time.perf_counter()
-        compiling = len(compiled_steps)
-        train_step = train_step_for(epoch)
-        compiling = len(compiled_steps) > compiling
+        train_step, compiling = train_step_for(epoch)
         order = shuffle(k_shuffle, epoch)
         sums = []
         for i in range(steps):
