@@ -133,7 +133,10 @@ def test_killed_run_resumes_to_identical_output(tmp_path, tiny_run):
     if proc.poll() is None:
         os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert not (out / "manifest.json").exists() or proc.returncode == 0
+    if (out / "manifest.json").exists() and proc.returncode != 0:
+        # The kill landed after the last atomic write (the tiny run can finish within one
+        # poll): the manifest is written last, so the directory must then be whole.
+        read_poison_dir(out)
     resumed = subprocess.run([*cmd, "--resume"], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     np.testing.assert_array_equal(read_poison_dir(out).x, read_poison_dir(tiny_run).x)
