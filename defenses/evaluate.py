@@ -24,6 +24,7 @@ from typing import Sequence
 from defenses.breakers import describe_breakers
 from defenses.models import MODELS
 from ntga.data import add_dataset_args
+from ntga.data.cli import limits_from_args
 from ntga.errors import UserInputError, run_cli
 
 
@@ -130,7 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise UserInputError(f"{flag} does not apply with --poisons: the poison directory fixes the "
                                      "training images (use --test-size to subsample the test set)")
         data = load_poisoned(args.poisons, dataset=args.dataset, test_size=args.test_size, seed=args.seed,
-                             cache_dir=args.cache_dir, use_cache=not args.no_cache)
+                             cache_dir=args.cache_dir, use_cache=not args.no_cache,
+                             limits=limits_from_args(args))
     else:
         args.dataset = args.dataset or "digits"
         data = load_clean(split_from_args(args))

@@ -1,10 +1,11 @@
 """Block plan and per-block checkpoints, so a killed generation run loses no finished work.
 
 A generation run poisons the training set block by block. Each finished block is
-written at once (atomically: temp file + ``os.replace``) under ``OUT/.work/``,
-beside ``run.json``, the fingerprint of every setting that affects the output.
-Restarting with ``--resume`` re-reads the fingerprint, refuses a directory made
-with different settings, skips finished blocks and continues. Because a block's
+written at once (atomically: temp file + ``os.replace``, with a sha256 sidecar:
+:mod:`ntga.workfiles`) under ``OUT/.work/``, beside ``run.json``, the fingerprint
+of every setting that affects the output. Restarting with ``--resume`` re-reads
+the fingerprint, refuses a directory made with different settings, skips
+finished blocks whose checksums verify, recomputes damaged ones and continues. Because a block's
 result depends only on its own data, the shared target set, the settings and
 ``fold_in(key, block_index)``, an interrupted-and-resumed run produces output
 identical to an uninterrupted one.
@@ -26,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from ntga import atomic
+from ntga import atomic, outdir, workfiles
 from ntga.errors import UserInputError
 from ntga.poisondir import MANIFEST, read_poison_dir
 
@@ -90,17 +91,18 @@ class BlockStore:
     def open(self, fingerprint: dict[str, Any], *, resume: bool) -> None:
         """Creates the work directory, or checks an existing one against ``fingerprint``.
 
+        The output-directory policy (:mod:`ntga.outdir`) applies: ``out`` must be new or
+        empty, or hold a generation run (``.work/run.json`` or a finished manifest) and
+        ``resume`` be given.
+
         Raises:
             UserInputError: ``out`` is non-empty and ``resume`` is false; or it was made
                 with different settings; or it is not a generation directory at all.
         """
         run_file = self.work / RUN_FILE
-        existing = self.out.exists() and any(self.out.iterdir())
-        if existing and not resume:
-            raise UserInputError(
-                f"--out {self.out} exists and is not empty; pass --resume to continue a run "
-                "there, or choose a new directory"
-            )
+        outdir.ensure_dir(self.out)
+        outdir.check_reusable(self.out, owned=lambda out: run_file.exists() or (out / MANIFEST).exists(),
+                              resume=resume, what="an ntga.generate run")
         if resume and run_file.exists():
             saved = json.loads(run_file.read_text())
             diff = sorted(k for k in set(saved) | set(fingerprint) if saved.get(k) != fingerprint.get(k))
@@ -108,11 +110,6 @@ class BlockStore:
                 details = "; ".join(f"{k}: was {saved.get(k)!r}, now {fingerprint.get(k)!r}" for k in diff)
                 raise UserInputError(f"cannot resume into {self.out}: it was made with different settings ({details})")
             return
-        if existing and not run_file.exists():
-            raise UserInputError(
-                f"cannot resume into {self.out}: it has no {WORK_DIR}/{RUN_FILE}, so it was not made by "
-                "`ntga.generate` (or its work files were removed after completion)"
-            )
         self.work.mkdir(parents=True, exist_ok=True)
         atomic.write_bytes(run_file, json.dumps(fingerprint, indent=2, sort_keys=True).encode())
 
@@ -122,30 +119,39 @@ class BlockStore:
         return stem.with_suffix(".npy"), stem.with_suffix(".json")
 
     def save_block(self, index: int, x_uint8: np.ndarray, stats: dict[str, Any]) -> None:
-        """Writes one finished block; the JSON is written last and marks it complete."""
+        """Writes one finished block as checksummed work files; the JSON goes last and marks it complete."""
         npy, meta = self._paths(index)
         buf = io.BytesIO()
         np.save(buf, np.ascontiguousarray(x_uint8, dtype=np.uint8), allow_pickle=False)
-        atomic.write_bytes(npy, buf.getvalue())
-        atomic.write_bytes(meta, json.dumps({"index": index, "shape": list(x_uint8.shape), **stats}).encode())
+        workfiles.write(npy, buf.getvalue())
+        workfiles.save_json(meta, {"index": index, "shape": list(x_uint8.shape), **stats})
 
     def load_block(self, index: int, expected_shape: tuple[int, ...]) -> tuple[np.ndarray, dict[str, Any]] | None:
-        """Returns a finished block, or None if it is absent or unusable (then it is recomputed)."""
+        """A finished block that passes its checksums, or None (absent or damaged: recompute it).
+
+        A damaged block is deleted with a warning, so the next pass recomputes it.
+        """
         npy, meta = self._paths(index)
-        if not (npy.exists() and meta.exists()):
+        stats = workfiles.load_json(meta)
+        data = workfiles.read(npy) if stats is not None else None
+        if data is None:
             return None
         try:
-            stats = json.loads(meta.read_text())
-            x = np.load(npy, allow_pickle=False)
-        except (OSError, ValueError):
-            return None
-        if x.dtype != np.uint8 or x.shape != tuple(expected_shape):
+            x = np.load(io.BytesIO(data), allow_pickle=False)
+        except ValueError as err:
+            x = None
+            why = f"is not a readable array ({err})"
+        else:
+            why = f"holds {x.dtype}{list(x.shape)}, expected uint8{list(expected_shape)}"
+        if x is None or x.dtype != np.uint8 or x.shape != tuple(expected_shape):
+            workfiles.discard(npy, why)
+            workfiles.remove(meta)
             return None
         return x, stats
 
     def finished(self, num_blocks: int) -> list[int]:
-        """Indices of blocks whose files are both present (contents are checked on load)."""
-        return [i for i in range(num_blocks) if all(p.exists() for p in self._paths(i))]
+        """Indices of blocks whose files are present (their checksums are verified by :meth:`load_block`)."""
+        return [i for i in range(num_blocks) if all(workfiles.exists(p) for p in self._paths(i))]
 
     def remove(self) -> None:
         """Deletes the work directory once the poison directory is complete."""

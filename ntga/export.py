@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
+import secrets
 import shutil
-import tempfile
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -53,6 +53,30 @@ def _save_pngs(root: Path, images: np.ndarray, labels: np.ndarray, stems: np.nda
         Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(root / names[int(label)] / f"{int(stem):06d}.png")
 
 
+def _partial_prefix(dest: Path) -> str:
+    return f".{dest.name}.partial-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def _remove_stale_partials(dest: Path) -> None:
+    """Deletes hidden partial exports to ``dest`` left by killed exports (their process is gone)."""
+    prefix = _partial_prefix(dest)
+    for path in dest.parent.glob(f"{prefix}*"):
+        pid_text = path.name[len(prefix):].split("-", 1)[0]
+        if path.is_dir() and not (pid_text.isdigit() and _pid_alive(int(pid_text))):
+            shutil.rmtree(path, ignore_errors=True)
+            print(f"removed {path}, left behind by an interrupted export", file=sys.stderr)
+
+
 def export_image_folder(
     poisons: PoisonSet,
     dest: str | Path,
@@ -69,7 +93,9 @@ def export_image_folder(
     that do not sort in label order get a numeric prefix, ``0-zebra``, ``1-ant``, so
     that they do). Files are written into a hidden
     sibling directory and renamed into place at the end, so an interrupted export
-    leaves no half-written ``dest``.
+    leaves no half-written ``dest`` (and the next export to ``dest`` deletes the
+    hidden leftovers of a killed one). Folders and files get the usual permissions
+    under the process's umask (typically 0755 / 0644), readable by others.
 
     Args:
       poisons: a loaded poison directory.
@@ -91,8 +117,18 @@ def export_image_folder(
         y_test = check_labels(y_test, x_test.shape[0], None, "y_test")
         max_label = max(max_label, int(y_test.max()) if y_test.size else -1)
     names = _check_class_names(class_names, max_label + 1)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserInputError(f"cannot create {dest.parent}: {err.strerror or err}") from None
+    _remove_stale_partials(dest)
+    # Named after this process so a later export can tell a killed one's leftovers from a running one.
+    # mkdir honours the umask (usually 0755): a published folder must be readable by others.
+    tmp = dest.parent / f"{_partial_prefix(dest)}{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        tmp.mkdir(mode=0o777)
+    except OSError as err:
+        raise UserInputError(f"cannot write into {dest.parent}: {err.strerror or err}") from None
     try:
         _save_pngs(tmp / "train", poisons.x, poisons.y, poisons.source_indices, names)
         if x_test is not None:

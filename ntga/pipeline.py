@@ -18,6 +18,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from ntga import outdir
 from ntga.checkpoint import data_fingerprint, finished_with_same_settings, parse_shard
 from ntga.data import Split, split_from_args
 from ntga.errors import UserInputError
@@ -63,13 +64,15 @@ class GenerateOptions:
             random_start=self.random_start,
             t=t_default if self.t is None else self.t,
             block_size=self.block_size,
-            target_chunk=self.target_chunk or DEFAULT_TARGET_CHUNK.get(self.kernel, 256),
+            target_chunk=(DEFAULT_TARGET_CHUNK.get(self.kernel, 256) if self.target_chunk is None
+                          else self.target_chunk),
             dtype=self.dtype,
         )
 
 
 def validate_split(split: Split) -> None:
-    """NTGA needs a target set (``Split`` itself guarantees it is disjoint from the poisoned set)."""
+    """NTGA needs two classes and a target set (``Split`` itself guarantees it is disjoint from the poisoned set)."""
+    split.require_classes()
     if len(split.target_idx) == 0:
         raise UserInputError("--target-size must be at least 1: NTGA ascends the GP's loss on a held-out target set")
 
@@ -92,7 +95,7 @@ def generate(split: Split, options: GenerateOptions, out: str | Path, *, seed: i
     from ntga.attack import AttackConfig, make_block_attack, one_hot, to_float
     from ntga.kernels import make
     from ntga.methods.fraction import select_protected
-    from ntga.runner import BlockJob, finish_poison_dir, run_blocks
+    from ntga.runner import BlockJob, run_blocks
 
     ds = split.dataset
     opts = options.resolved(ds.image_shape[-1])
@@ -122,23 +125,60 @@ def generate(split: Split, options: GenerateOptions, out: str | Path, *, seed: i
         "method": "ntga", **settings, "seed": seed,
         **({} if all_rows else {"fraction": float(fraction)}), **data_fingerprint(split),
     }
-    if resume and finished_with_same_settings(Path(out), fingerprint):
-        print(f"{out} is already complete; nothing to do")
-        return Path(out)
-    block_fn = make_block_attack(kernel_fn, config)
+    out = Path(out)
+    with outdir.writing(out, shard=shard):
+        if resume and finished_with_same_settings(out, fingerprint):
+            print(f"{out} is already complete; nothing to do")
+            return out
+        check_numerics(kernel_fn, config, job, opts)
+        block_fn = make_block_attack(kernel_fn, config)
+        start = time.perf_counter()
+        x_poison, summary = run_blocks(job, block_fn, jax.random.key(seed), out, fingerprint=fingerprint,
+                                       resume=resume, shard=shard, devices=devices, progress=progress,
+                                       describe=_describe_block)
+        if x_poison is None:
+            print(f"shard {shard[0] + 1}/{shard[1]} finished; other shards' blocks are still missing in {out}")
+            return None
+        with outdir.assembly_lock(out):
+            if finished_with_same_settings(out, fingerprint):  # another shard's process was first
+                print(f"{out} was completed by another process of this run")
+                return out
+            return _write_output(split, out, fingerprint, x_poison, summary, positions, all_rows,
+                                 devices=devices, start=start)
 
-    def describe(index: int, s: dict[str, Any]) -> str:
-        return (f"block {index}: GP target acc clean {100 * s['clean_target_acc']:.2f}% -> poisoned "
-                f"{100 * s['poisoned_target_acc']:.2f}%  (target loss {s['loss_history'][0]:.4g} -> "
-                f"{s['loss_history'][-1]:.4g}, {s['seconds']:.1f}s)")
 
-    start = time.perf_counter()
-    x_poison, summary = run_blocks(job, block_fn, jax.random.key(seed), out, fingerprint=fingerprint,
-                                   resume=resume, shard=shard, devices=devices, progress=progress,
-                                   describe=describe)
-    if x_poison is None:
-        print(f"shard {shard[0] + 1}/{shard[1]} finished; other shards' blocks are still missing in {out}")
-        return None
+def _describe_block(index: int, s: dict[str, Any]) -> str:
+    return (f"block {index}: GP target acc clean {100 * s['clean_target_acc']:.2f}% -> poisoned "
+            f"{100 * s['poisoned_target_acc']:.2f}%  (target loss {s['loss_history'][0]:.4g} -> "
+            f"{s['loss_history'][-1]:.4g}, {s['seconds']:.1f}s)")
+
+
+def check_numerics(kernel_fn, config, job, opts: GenerateOptions) -> None:
+    """Refuses settings whose GP numbers are not finite, before any block runs.
+
+    The attack's loss and gradient on the first block against one chunk of targets
+    (the computation every PGD step does) must be finite: e.g. ``--t 1e300``
+    overflows exp(t * eigenvalue) in the gradient.
+    """
+    from ntga.attack import target_loss_and_grad
+
+    n = min(job.block_size, len(job.x))
+    m = min(config.target_chunk, len(job.x_target))
+    loss, grad = target_loss_and_grad(kernel_fn, config, job.x[:n], job.y_onehot[:n], job.x_target[:m],
+                                      job.y_target_onehot[:m])
+    if not (np.isfinite(float(loss)) and bool(np.isfinite(np.asarray(grad)).all())):
+        raise UserInputError(
+            f"the attack's loss or gradient is not finite for these settings (kernel {opts.kernel}, t={opts.t:g}, "
+            f"{opts.dtype}; target loss {float(loss)!r} on the first block); use a smaller --t (the reference's "
+            "values: 64 for greyscale data, 4096 (fnn) or 8 (cnn) for colour) or --dtype float64")
+
+
+def _write_output(split: Split, out: Path, fingerprint: dict[str, Any], x_poison: np.ndarray, summary,
+                  positions: np.ndarray, all_rows: bool, *, devices, start: float) -> Path:
+    """The manifest and the poison directory of a finished run (every block present)."""
+    from ntga.runner import finish_poison_dir
+
+    ds = split.dataset
     clean_acc = summary.mean("clean_target_acc")
     poisoned_acc = summary.mean("poisoned_target_acc")
     manifest = {

@@ -106,21 +106,25 @@ def run_blocks(
     spreader = BlockSpreader(block_fn, devices)
 
     mine = [i for i in range(plan.num_blocks) if i % n_shard == k_shard]
-    finished = set(store.finished(plan.num_blocks))
-    todo = [i for i in mine if i not in finished]
-    # Blocks of equal size run together, one per device.
-    sizes = plan.sizes()
-    groups: list[list[int]] = []
-    for size in sorted({sizes[i] for i in todo}, reverse=True):
-        same = [i for i in todo if sizes[i] == size]
-        groups += [same[j:j + spreader.num_devices] for j in range(0, len(same), spreader.num_devices)]
 
+    def shape(i: int) -> tuple[int, ...]:
+        a, b = plan.bounds(i)
+        return (b - a, *job.x.shape[1:])
+
+    # A block counts as finished only if its work files pass their checksums; a damaged
+    # one is deleted (with a warning) by load_block and recomputed here.
+    present = set(store.finished(plan.num_blocks))
+    todo = [i for i in mine if i not in present or store.load_block(i, shape(i)) is None]
     summary = RunSummary()
-    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc="blocks", unit="block",
-               disable=not progress, dynamic_ncols=True)
     x_target = jax.numpy.asarray(job.x_target)
     y_target = jax.numpy.asarray(job.y_target_onehot)
-    try:
+
+    def compute(indices: list[int], bar) -> None:
+        sizes = plan.sizes()
+        groups: list[list[int]] = []  # blocks of equal size run together, one per device
+        for size in sorted({sizes[i] for i in indices}, reverse=True):
+            same = [i for i in indices if sizes[i] == size]
+            groups += [same[j:j + spreader.num_devices] for j in range(0, len(same), spreader.num_devices)]
         for group in groups:
             start = time.perf_counter()
             xs = np.stack([job.x[slice(*plan.bounds(i))] for i in group])
@@ -130,10 +134,16 @@ def run_blocks(
             seconds = (time.perf_counter() - start) / len(group)
             for g, index in enumerate(group):
                 stats = _stats_of(result, g, seconds)
+                _check_finite(index, stats)
                 store.save_block(index, result["x_poison_uint8"][g], stats)
                 if describe is not None:
                     bar.write(describe(index, stats))
                 bar.update(1)
+
+    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc="blocks", unit="block",
+               disable=not progress, dynamic_ncols=True)
+    try:
+        compute(todo, bar)
     finally:
         bar.close()
 
@@ -142,17 +152,25 @@ def run_blocks(
         return None, summary
     parts = []
     for i in range(plan.num_blocks):
-        a, b = plan.bounds(i)
-        loaded = store.load_block(i, (b - a, *job.x.shape[1:]))
-        if loaded is None:
-            raise UserInputError(
-                f"block {i} in {store.work} is unreadable or has the wrong shape; delete its files and "
-                "rerun with --resume to recompute it"
-            )
+        loaded = store.load_block(i, shape(i))
+        if loaded is None:  # damaged since it was written (e.g. another shard's block): redo it here
+            compute([i], tqdm(disable=True))
+            loaded = store.load_block(i, shape(i))
+            if loaded is None:
+                raise RuntimeError(f"block {i} in {store.work} fails its checksum right after being written")
         parts.append(loaded[0])
         summary.block_stats.append(loaded[1])
     summary.complete = True
     return np.concatenate(parts), summary
+
+
+def _check_finite(index: int, stats: dict[str, Any]) -> None:
+    """Stops the run at the first block whose statistics are not finite (nothing such is saved)."""
+    bad = sorted(name for name, value in stats.items()
+                 if isinstance(value, (int, float, list)) and not np.isfinite(np.asarray(value, float)).all())
+    if bad:
+        raise UserInputError(f"block {index}: {', '.join(bad)} {'is' if len(bad) == 1 else 'are'} not finite; the "
+                             "settings give the attack no usable numbers (try a smaller --t or --dtype float64)")
 
 
 def finish_poison_dir(out: str | Path, *, x_poison: np.ndarray, y: np.ndarray, source_indices: np.ndarray,

@@ -153,7 +153,7 @@ def test_a_killed_evaluation_keeps_its_runs_and_resume_skips_them(tmp_path, pois
     assert "Partial results: 1 of 2 runs" in (out / "results.md").read_text()
     assert not (out / "accuracy_bars.png").exists()
 
-    with pytest.raises(UserInputError, match="already exists; pass --resume"):
+    with pytest.raises(UserInputError, match=r"already holds a defenses.evaluate run \(results.json\); pass --resume"):
         main(argv)
     capsys.readouterr()
     assert main([*argv, "--resume"]) == 0

@@ -129,7 +129,7 @@ def test_store_resume_rules(tmp_path):
     kwargs = dict(plan={"models": ["fnn"], "conditions": conditions("none,jpeg"), "seeds": 3},
                   info={"models": {"fnn": {"train_config": CONFIG, "model_opts": {"width": 4}}}})
     settings = {"mode": "poisons", "dataset_content_hash": "ab" * 32, "base_seed": 0, "train_config": {"epochs": 3}}
-    with pytest.raises(UserInputError, match="already exists; pass --resume"):
+    with pytest.raises(UserInputError, match=r"already holds a defenses.evaluate run \(results.json\); pass --resume"):
         ResultsStore.open(tmp_path, settings=settings, resume=False, **kwargs)
     with pytest.raises(UserInputError, match="different settings .*base_seed: 0 before, 1 now"):
         ResultsStore.open(tmp_path, settings={**settings, "base_seed": 1}, resume=True, **kwargs)

@@ -87,9 +87,11 @@ def test_existing_non_empty_out_without_resume(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "mine.txt").write_text("keep me")
-    with pytest.raises(UserInputError, match="not empty; pass --resume"):
-        main([*TINY, "--out", str(out)])
+    for extra in ([], ["--resume"]):  # a user's directory is refused with or without --resume
+        with pytest.raises(UserInputError, match=r"is not empty \(mine.txt\) and does not hold an ntga.generate run"):
+            main([*TINY, "--out", str(out), *extra])
     assert [p.name for p in out.iterdir()] == ["mine.txt"]
+    assert (out / "mine.txt").read_text() == "keep me"
 
 
 def test_overlapping_target_set_is_refused():

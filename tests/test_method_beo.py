@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ntga import workfiles
 from ntga.budget import check_budget
 from ntga.errors import UserInputError
 from ntga.generate import main
@@ -142,12 +143,16 @@ def test_resume_reuses_finished_blocks(tmp_path, key):
     first = SPEC.protect(task, config, key)
     files = sorted(tmp_path.glob("beo_block_*.npz"))
     assert len(files) == 3
-    # Replace block 1 by the clean images: a resumed run must take it as finished.
-    with np.load(files[1]) as f:
-        stats = f["stats"]
-    np.savez(files[1], x=x[4:8], stats=stats)
+    # Replace block 1 by the clean images (through the checksummed work-file API, as the
+    # method writes it): a resumed run must take it as finished.
+    stats = workfiles.load_arrays(files[1])["stats"]
+    workfiles.save_arrays(files[1], x=x[4:8], stats=stats)
     resumed = SPEC.protect(ProtectTask(x=x, y=y, num_classes=2, workdir=tmp_path, resume=True), config, key)
     np.testing.assert_array_equal(resumed.x[4:8], x[4:8])
+    # Other images written behind the checksum's back are not trusted: the block is recomputed.
+    np.savez(files[1], x=x[:4], stats=stats)
+    redone = SPEC.protect(ProtectTask(x=x, y=y, num_classes=2, workdir=tmp_path, resume=True), config, key)
+    np.testing.assert_array_equal(redone.x, first.x)
     np.testing.assert_array_equal(resumed.x[:4], first.x[:4])
     fresh = SPEC.protect(ProtectTask(x=x, y=y, num_classes=2, workdir=tmp_path), config, key)
     np.testing.assert_array_equal(fresh.x, first.x)

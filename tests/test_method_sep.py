@@ -11,6 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ntga import workfiles
+
 from defenses.augment import channel_stats, standardize
 from defenses.models import get_model
 from ntga.budget import check_budget
@@ -153,8 +155,9 @@ def test_resume_uses_saved_checkpoints_and_finished_batches(tmp_path, key, monke
     full = SPEC.protect(_task(workdir=tmp_path), cfg, key).x
     assert (tmp_path / CHECKPOINT_FILE).exists()
     # Pretend the run stopped after the first batch of 8, whose stored result is recognisable.
+    # (Written through the checksummed work-file API, as the method itself writes it.)
     marker = _task().x[:8]
-    np.savez(tmp_path / PROGRESS_FILE, x=marker)
+    workfiles.save_arrays(tmp_path / PROGRESS_FILE, x=marker)
 
     def no_training(*args, **kwargs):
         raise AssertionError("a resumed run must not retrain the surrogate")
@@ -163,9 +166,13 @@ def test_resume_uses_saved_checkpoints_and_finished_batches(tmp_path, key, monke
     resumed = SPEC.protect(_task(workdir=tmp_path, resume=True), cfg, key).x
     np.testing.assert_array_equal(resumed[:8], marker)
     np.testing.assert_array_equal(resumed[8:], full[8:])
-    np.savez(tmp_path / PROGRESS_FILE, x=np.zeros((3, 8, 8, 3), np.uint8))
+    workfiles.save_arrays(tmp_path / PROGRESS_FILE, x=np.zeros((3, 8, 8, 3), np.uint8))
     with pytest.raises(UserInputError, match="does not belong to this run"):
         SPEC.protect(_task(workdir=tmp_path, resume=True), cfg, key)
+    # Other bytes written behind the checksum's back are not trusted: that work is redone.
+    np.savez(tmp_path / PROGRESS_FILE, x=marker[::-1])
+    redone = SPEC.protect(_task(workdir=tmp_path, resume=True), cfg, key).x
+    np.testing.assert_array_equal(redone, full)
 
 
 @pytest.mark.parametrize("opts, message", [

@@ -125,7 +125,7 @@ def test_random_is_deterministic_and_budgeted(key):
 def test_method_runs_refuse_a_used_directory_and_resume_a_finished_one(tmp_path, capsys):
     out = tmp_path / "p"
     main([*TINY, "--method", "random", "--out", str(out)])
-    with pytest.raises(UserInputError, match="exists and is not empty"):
+    with pytest.raises(UserInputError, match="already holds an ntga.generate run; pass --resume"):
         main([*TINY, "--method", "random", "--out", str(out)])
     assert main([*TINY, "--method", "random", "--out", str(out), "--resume"]) == 0
     assert "already complete" in capsys.readouterr().out

@@ -106,14 +106,23 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, key):
     assert summary.complete
 
 
-def test_non_empty_out_needs_resume(tmp_path, key):
+def test_non_empty_out_that_is_not_ours_is_refused_even_with_resume(tmp_path, key):
     (tmp_path / "o").mkdir()
     (tmp_path / "o" / "something").write_text("x")
-    with pytest.raises(UserInputError, match="not empty; pass --resume"):
-        run_blocks(make_job(), noisy_block_fn, key, tmp_path / "o", fingerprint=FP, progress=False)
-    with pytest.raises(UserInputError, match="not made by"):
-        run_blocks(make_job(), noisy_block_fn, key, tmp_path / "o", fingerprint=FP, resume=True, progress=False)
+    for resume in (False, True):
+        with pytest.raises(UserInputError, match=r"is not empty \(something\) and does not hold an ntga.generate run"):
+            run_blocks(make_job(), noisy_block_fn, key, tmp_path / "o", fingerprint=FP, resume=resume,
+                       progress=False)
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["something"]
+    assert (tmp_path / "o" / "something").read_text() == "x"
+
+
+def test_our_unfinished_run_needs_resume(tmp_path, key):
+    with pytest.raises(KeyboardInterrupt):
+        run_blocks(make_job(), noisy_block_fn, key, tmp_path / "o", fingerprint=FP, progress=False,
+                   describe=lambda i, s: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(UserInputError, match="already holds an ntga.generate run; pass --resume"):
+        run_blocks(make_job(), noisy_block_fn, key, tmp_path / "o", fingerprint=FP, progress=False)
 
 
 def test_resume_with_other_settings_is_refused(tmp_path, key):

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from ntga.data import Dataset, Split, load_dataset, make_split
+from ntga.data.limits import DecodeLimits
 from ntga.errors import UserInputError
 from ntga.poisondir import X_FILE, Y_FILE, PoisonSet, read_poison_dir
 
@@ -90,7 +91,8 @@ def _test_split(ds: Dataset, test_size: int | None, seed: int) -> np.ndarray:
     return make_split(ds, target_size=0, test_size=test_size, seed=seed).test_idx
 
 
-def _load_source(poisons: PoisonSet, dataset: str | None, cache_dir, use_cache: bool) -> Dataset:
+def _load_source(poisons: PoisonSet, dataset: str | None, cache_dir, use_cache: bool,
+                 limits: DecodeLimits | None) -> Dataset:
     manifest_path = poisons.path / "manifest.json"
     recorded_spec = poisons.manifest.get("dataset")
     recorded_hash = poisons.manifest.get("dataset_content_hash")
@@ -99,7 +101,7 @@ def _load_source(poisons: PoisonSet, dataset: str | None, cache_dir, use_cache: 
         raise UserInputError(f"{manifest_path} names no source dataset; pass --dataset SPEC with the data "
                              "the poisons were made from")
     try:
-        ds = load_dataset(spec, cache_dir=cache_dir, use_cache=use_cache)
+        ds = load_dataset(spec, cache_dir=cache_dir, use_cache=use_cache, limits=limits)
     except UserInputError as err:
         if dataset is not None:
             raise
@@ -118,7 +120,8 @@ def _load_source(poisons: PoisonSet, dataset: str | None, cache_dir, use_cache: 
 
 
 def load_poisoned(poison_dir: str | Path, *, dataset: str | None = None, test_size: int | None = None,
-                  seed: int = 0, cache_dir: str | Path | None = None, use_cache: bool = True) -> EvalData:
+                  seed: int = 0, cache_dir: str | Path | None = None, use_cache: bool = True,
+                  limits: DecodeLimits | None = None) -> EvalData:
     """Loads a poison directory (sha256-verified) and the clean data it was made from.
 
     Args:
@@ -128,13 +131,14 @@ def load_poisoned(poison_dir: str | Path, *, dataset: str | None = None, test_si
         test_size: stratified test subset (None: the whole test split).
         seed: seed of the test subset.
         cache_dir, use_cache: the dataset cache (``ntga.data.load_dataset``).
+        limits: decode limits for the source dataset (``ntga.data.limits``).
 
     Raises:
         UserInputError: missing/corrupt poison directory, unloadable or changed source
             dataset, indices or image shapes that do not belong to it.
     """
     poisons = read_poison_dir(poison_dir)
-    ds = _load_source(poisons, dataset, cache_dir, use_cache)
+    ds = _load_source(poisons, dataset, cache_dir, use_cache, limits)
     if tuple(poisons.x.shape[1:]) != ds.image_shape:
         raise UserInputError(f"{poisons.path / X_FILE} holds {'x'.join(map(str, poisons.x.shape[1:]))} images "
                              f"but {ds.spec} has {'x'.join(map(str, ds.image_shape))} images")

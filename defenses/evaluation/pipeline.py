@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 
 from defenses.train import TrainConfig
-from ntga import atomic
+from ntga import atomic, outdir
 from ntga.errors import UserInputError
 
 from . import figures
@@ -87,24 +87,26 @@ def evaluate(data: EvalData, victims: Sequence[Victim], conditions: Sequence[Con
     info = {"data": data.describe, "poison_manifest": data.poison_manifest,
             "models": {v.name: v.to_json() for v in victims}, "breakers": _breaker_info(conditions),
             "library_versions": library_versions(), "device": _device(), **(extra_info or {})}
-    store = ResultsStore.open(out, settings=settings, plan=plan, info=info, resume=resume)
-    out = store.path.parent
-    planned = len(victims) * len(conditions) * seeds
-    skipped = sum(store.done(v.name, c.id, s) for v in victims for c in conditions for s in range(seeds))
-    if skipped:
-        log(f"resuming {store.path}: {skipped} finished run(s) skipped")
-    log(f"{planned - skipped} run(s) to train: {len(victims)} victim(s) x {len(conditions)} condition(s) x "
-        f"{seeds} seed(s); results in {out}")
+    # One writer per directory; finished runs are kept even if a later run fails (--resume continues).
+    with outdir.writing(out, clean_on_error=False):
+        store = ResultsStore.open(out, settings=settings, plan=plan, info=info, resume=resume)
+        out = store.path.parent
+        planned = len(victims) * len(conditions) * seeds
+        skipped = sum(store.done(v.name, c.id, s) for v in victims for c in conditions for s in range(seeds))
+        if skipped:
+            log(f"resuming {store.path}: {skipped} finished run(s) skipped")
+        log(f"{planned - skipped} run(s) to train: {len(victims)} victim(s) x {len(conditions)} condition(s) x "
+            f"{seeds} seed(s); results in {out}")
 
-    def save(record: dict[str, Any]) -> None:
-        store.add(record)
-        atomic.write_text(out / REPORT, markdown(store.results()))
+        def save(record: dict[str, Any]) -> None:
+            store.add(record)
+            atomic.write_text(out / REPORT, markdown(store.results()))
 
-    trained = run_all(data, victims, conditions, seeds, base_seed, done=store.done, save=save,
-                      progress=progress, log=log)
-    store.save()
-    results = store.results()
-    names = figures.write_figures(results, out)
-    text = markdown(results, names)
-    atomic.write_text(out / REPORT, text)
+        trained = run_all(data, victims, conditions, seeds, base_seed, done=store.done, save=save,
+                          progress=progress, log=log)
+        store.save()
+        results = store.results()
+        names = figures.write_figures(results, out)
+        text = markdown(results, names)
+        atomic.write_text(out / REPORT, text)
     return Outcome(out=out, results=results, markdown=text, figures=names, trained=trained)

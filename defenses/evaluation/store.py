@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
-from ntga import atomic
+from ntga import atomic, outdir
 from ntga.errors import UserInputError
 
 from .report import summarize
@@ -113,21 +113,20 @@ class ResultsStore:
             resume: continue an existing file (settings must be identical).
 
         Raises:
-            UserInputError: results exist without ``resume``; ``resume`` with different settings or an
+            UserInputError: results exist without ``resume``; ``out`` holds files that are not an
+                evaluation's (see :mod:`ntga.outdir`); ``resume`` with different settings or an
                 unreadable file.
         """
-        out = Path(out)
-        if out.exists() and not out.is_dir():
-            raise UserInputError(f"--out {out} exists and is not a directory")
+        out = outdir.ensure_dir(out)
         path = out / RESULTS
         settings, plan, info = _canonical(settings), _canonical(plan), _canonical(info)
-        if path.exists() and not resume:
-            raise UserInputError(f"{path} already exists; pass --resume to continue it with the same settings, "
-                                 "or choose another --out")
+        # A directory with anything but our results.json (a user's results.md, figures, ...) is
+        # refused even with --resume: results.md and the figures would be replaced.
+        outdir.check_reusable(out, owned=lambda d: (d / RESULTS).exists(), resume=resume,
+                              what="a defenses.evaluate run (results.json)")
         if resume and path.exists():
             payload = _resumed(path, settings, plan, info)
         else:
-            out.mkdir(parents=True, exist_ok=True)
             payload = {"format": FORMAT, "complete": False, "created": _now(), **info,
                        "settings": settings, "plan": plan, "runs": []}
         # Nothing is written until the first run finishes: a failure before any training

@@ -8,27 +8,32 @@ from typing import Sequence
 import numpy as np
 
 from ntga.data.dataset import Dataset
+from ntga.data.limits import DEFAULT_MAX_DECODED_GB, DEFAULT_MAX_SIDE, DecodeLimits
 from ntga.data.load import SPEC_FORMS, LoadInfo, load_dataset, load_dataset_info
 from ntga.data.preview import write_preview
 from ntga.data.split import Split, make_split
 
 
-def _int_at_least(minimum: int):
+MAX_SEED = 2**63 - 1  # JAX keys and numpy generators take any non-negative int64
+
+
+def _int_at_least(minimum: int, maximum: int | None = None):
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             value = None
-        if value is None or value < minimum:
+        if value is None or value < minimum or (maximum is not None and value > maximum):
             kind = "positive" if minimum == 1 else "non-negative"
-            raise argparse.ArgumentTypeError(f"expected a {kind} integer, got {text!r}")
+            bound = "" if maximum is None else f" at most {maximum}"
+            raise argparse.ArgumentTypeError(f"expected a {kind} integer{bound}, got {text!r}")
         return value
 
     return parse
 
 
 def add_dataset_args(parser: argparse.ArgumentParser, *, default_dataset: str = "digits") -> None:
-    """Adds ``--dataset --train-size --test-size --target-size --seed --cache-dir --no-cache``."""
+    """Adds ``--dataset --train-size --test-size --target-size --seed --cache-dir --no-cache`` and the decode limits."""
     forms = "\n".join(f"  {form:<12} {what}" for form, what in SPEC_FORMS.items())
     g = parser.add_argument_group(
         "dataset",
@@ -66,7 +71,7 @@ def add_dataset_args(parser: argparse.ArgumentParser, *, default_dataset: str = 
     )
     g.add_argument(
         "--seed",
-        type=_int_at_least(0),
+        type=_int_at_least(0, MAX_SEED),
         default=0,
         help="seed of the split permutation and of any other randomness of the command (default: 0)",
     )
@@ -77,6 +82,26 @@ def add_dataset_args(parser: argparse.ArgumentParser, *, default_dataset: str = 
         help="where decoded datasets are cached (default: $NTGA_CACHE_DIR or ~/.cache/ntga)",
     )
     g.add_argument("--no-cache", action="store_true", help="neither read nor write the dataset cache")
+    g.add_argument("--max-image-side", type=_int_at_least(1), default=DEFAULT_MAX_SIDE, metavar="PIXELS",
+                   help="refuse images wider or taller than this, before decoding them (default: %(default)s)")
+    g.add_argument("--max-decoded-gb", type=_positive_float, default=DEFAULT_MAX_DECODED_GB, metavar="GB",
+                   help="refuse a dataset whose decoded pixels would take more memory than this, judged from "
+                   "file headers before decoding (default: %(default)s)")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def limits_from_args(args: argparse.Namespace) -> DecodeLimits:
+    """The decode limits the ``--max-image-side`` / ``--max-decoded-gb`` flags describe."""
+    return DecodeLimits(max_side=args.max_image_side, max_decoded_gb=args.max_decoded_gb)
 
 
 def _split(ds: Dataset, args: argparse.Namespace) -> Split:
@@ -87,7 +112,8 @@ def _split(ds: Dataset, args: argparse.Namespace) -> Split:
 
 def split_from_args(args: argparse.Namespace) -> Split:
     """Loads ``args.dataset`` (honouring the cache flags) and draws the split the flags describe."""
-    return _split(load_dataset(args.dataset, cache_dir=args.cache_dir, use_cache=not args.no_cache), args)
+    return _split(load_dataset(args.dataset, cache_dir=args.cache_dir, use_cache=not args.no_cache,
+                               limits=limits_from_args(args)), args)
 
 
 def describe(split: Split, info: LoadInfo | None = None) -> str:
@@ -162,7 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    ds, info = load_dataset_info(args.dataset, cache_dir=args.cache_dir, use_cache=not args.no_cache)
+    ds, info = load_dataset_info(args.dataset, cache_dir=args.cache_dir, use_cache=not args.no_cache,
+                                 limits=limits_from_args(args))
     split = _split(ds, args)
     print(describe(split, info))
     if args.preview:

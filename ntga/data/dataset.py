@@ -64,6 +64,9 @@ def check_arrays(arrays: Arrays, where: str) -> Arrays:
             )
         if x.shape[0] == 0:
             raise UserInputError(f"{where}: the {split} split has no images")
+        if x.shape[1] == 0 or x.shape[2] == 0:
+            raise UserInputError(f"{where}: the {split} images are {x.shape[2]}x{x.shape[1]} pixels (width x "
+                                 "height); images need at least one pixel")
         if y.ndim != 1 or y.dtype.kind not in "iu":
             raise UserInputError(f"{where}: y_{split} must be a 1-D integer array, got {y.dtype} {y.shape}")
         if y.shape[0] != x.shape[0]:

@@ -22,7 +22,8 @@ overhead holds the GIL) and a process pool gave no clear gain on shared cores,
 so decoding is sequential; the on-disk cache makes every later load fast.
 
 The content hash is sha256 of the archive bytes, or for a directory of every
-non-skipped file's relative path and bytes in sorted order.
+non-skipped file's relative path and bytes (and every empty folder's path) in
+sorted order.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ import numpy as np
 
 from ntga.data.dataset import Arrays, source_hasher, update_with_file
 from ntga.data.images import ImageStack, decode_image
+from ntga.data.limits import DecodeBudget, DecodeLimits
 from ntga.errors import UserInputError
 
 VERSION = 1
@@ -76,14 +78,32 @@ def _container(path: Path) -> str:
 
 
 def _walk(root: Path) -> Iterator[tuple[str, Path, bool]]:
-    """(relative posix path, path, is_dir) for every non-skipped entry, in sorted order."""
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not _skipped([d]))
+    """(relative posix path, path, is_dir) for every non-skipped entry, in sorted order.
+
+    Symbolic links are followed (class folders linked from elsewhere are common), but
+    a folder reached twice (a link loop, which would otherwise recurse until ELOOP or,
+    with several links, practically forever) and a link that leads nowhere are errors.
+    """
+    seen: set[tuple[int, int]] = set()
+
+    def refuse(err: OSError) -> None:
+        raise UserInputError(f"folder:{root}: cannot read {err.filename} ({err.strerror})")
+
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=refuse):
+        st = os.stat(dirpath)
         rel_dir = Path(dirpath).relative_to(root)
+        if (st.st_dev, st.st_ino) in seen:
+            raise UserInputError(f"folder:{root}: {rel_dir.as_posix()} leads back to a folder already read (a "
+                                 "symbolic-link loop); remove that link")
+        seen.add((st.st_dev, st.st_ino))
+        dirnames[:] = sorted(d for d in dirnames if not _skipped([d]))
         for d in dirnames:
             yield (rel_dir / d).as_posix(), Path(dirpath) / d, True
         for f in sorted(filenames):
             if not _skipped([f]):
+                if not (Path(dirpath) / f).exists():
+                    raise UserInputError(f"folder:{root}: {(rel_dir / f).as_posix()} is a symbolic link that leads "
+                                         "nowhere (broken, or a loop)")
                 yield (rel_dir / f).as_posix(), Path(dirpath) / f, False
 
 
@@ -94,6 +114,11 @@ def content_hash(path: Path) -> str:
             if not is_dir:
                 h.update(rel.encode() + b"\0")
                 update_with_file(h, p)
+            elif not any(not _skipped([c.name]) for c in p.iterdir()):
+                # An empty folder holds no file to hash but changes what the layout check says
+                # (an empty class, a nested folder): without it a cached decode of the same files
+                # would be served for an invalid layout. Valid layouts keep their hash.
+                h.update(b"empty folder\0" + rel.encode() + b"\0")
     else:
         update_with_file(h, path)
     return h.hexdigest()
@@ -143,8 +168,9 @@ def _iter_tar(path: Path) -> Iterator[Entry]:
 class _Collector:
     """Places entries into train/test x class, decoding images as they stream past."""
 
-    def __init__(self, source: str):
+    def __init__(self, source: str, budget: DecodeBudget):
         self.source = source
+        self.budget = budget
         self.wrapper: str | None | bool = False  # False: not yet seen
         self.files = {s: {} for s in SPLITS}  # split -> class -> [(relpath, stack index)]
         self.dirs = {s: set() for s in SPLITS}
@@ -189,7 +215,7 @@ class _Collector:
             raise UserInputError(f"{self._where(rel)}: file nested inside a class folder; {_LAYOUT}")
         if kind != "file":
             raise UserInputError(f"{self._where(rel)}: links and special files are not supported")
-        img = decode_image(read(), self._where(rel))
+        img = decode_image(read(), self._where(rel), self.budget)
         self.images.add(img, self._where(rel))
         self.files[split].setdefault(rest[1], []).append((rel, len(self.images) - 1))
 
@@ -218,11 +244,11 @@ class _Collector:
         return Arrays(class_names=names, **out)
 
 
-def decode(path: Path, source: str) -> Arrays:
-    """Decodes every image under ``path`` (directory, zip or tarball) into arrays."""
+def decode(path: Path, source: str, limits: DecodeLimits | None = None) -> Arrays:
+    """Decodes every image under ``path`` (directory, zip or tarball) into arrays, within ``limits``."""
     kind = _container(path)
     entries = {"dir": _iter_dir, "zip": _iter_zip, "tar": _iter_tar}[kind](path)
-    collector = _Collector(source)
+    collector = _Collector(source, DecodeBudget(limits, source))
     try:
         for rel, entry_kind, read in entries:
             collector.add(rel, entry_kind, read)

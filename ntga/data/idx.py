@@ -19,12 +19,14 @@ load time); uncompressed files are read directly.
 from __future__ import annotations
 
 import gzip
+import math
 import zlib
 from pathlib import Path
 
 import numpy as np
 
 from ntga.data.dataset import Arrays, source_hasher, update_with_file
+from ntga.data.limits import DecodeBudget, DecodeLimits
 from ntga.errors import UserInputError
 
 VERSION = 1
@@ -71,39 +73,52 @@ def content_hash(files: dict[str, Path]) -> str:
     return h.hexdigest()
 
 
-def read_idx(path: Path, kind: str) -> np.ndarray:
-    """Parses one IDX file: uint8 ``[N, H, W]`` for ``kind="images"`` or ``[N]`` for ``"labels"``."""
+def read_idx(path: Path, kind: str, budget: DecodeBudget | None = None) -> np.ndarray:
+    """Parses one IDX file: uint8 ``[N, H, W]`` for ``kind="images"`` or ``[N]`` for ``"labels"``.
+
+    The header is read first and its declared size charged to ``budget`` before the
+    (possibly gzip-compressed) body is decompressed, so a small file cannot make us
+    allocate gigabytes.
+    """
+    budget = budget or DecodeBudget(source=str(path))
+    opener = gzip.open if _is_gzip(path) else open
     try:
-        data = gzip.decompress(path.read_bytes()) if _is_gzip(path) else path.read_bytes()
+        with opener(path, "rb") as f:
+            head = f.read(4)
+            if len(head) < 4:
+                raise UserInputError(f"{path}: only {len(head)} bytes; not an IDX file")
+            magic = int.from_bytes(head, "big")
+            if magic != _MAGIC[kind]:
+                raise UserInputError(
+                    f"{path}: IDX magic number is 0x{magic:08x}, expected 0x{_MAGIC[kind]:08x} "
+                    f"(unsigned-byte {kind}); is this the right file?"
+                )
+            ndim = magic & 0xFF
+            dims = f.read(4 * ndim)
+            if len(dims) < 4 * ndim:
+                raise UserInputError(f"{path}: truncated IDX header ({4 + len(dims)} bytes)")
+            shape = tuple(int.from_bytes(dims[4 * i : 4 * i + 4], "big") for i in range(ndim))
+            size = math.prod(shape)  # Python ints: a forged header cannot wrap around
+            budget.charge_array(shape, str(path))
+            body = f.read(size + 1)  # one byte more than declared reveals padding
     except (EOFError, zlib.error, gzip.BadGzipFile) as err:
         raise UserInputError(f"{path}: cannot decompress ({err}); the file may be truncated") from None
-    if len(data) < 4:
-        raise UserInputError(f"{path}: only {len(data)} bytes; not an IDX file")
-    magic = int.from_bytes(data[:4], "big")
-    if magic != _MAGIC[kind]:
+    if len(body) != size:
+        header = 4 + 4 * ndim
+        found = f"{header + len(body)} bytes" if len(body) < size else "more bytes"
         raise UserInputError(
-            f"{path}: IDX magic number is 0x{magic:08x}, expected 0x{_MAGIC[kind]:08x} "
-            f"(unsigned-byte {kind}); is this the right file?"
+            f"{path}: header says {'x'.join(map(str, shape))} values ({header + size} bytes in all) but the "
+            f"file has {found}; it is {'truncated' if len(body) < size else 'padded'}"
         )
-    ndim = magic & 0xFF
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise UserInputError(f"{path}: truncated IDX header ({len(data)} bytes)")
-    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    expected = header + int(np.prod(shape, dtype=np.int64))
-    if len(data) != expected:
-        raise UserInputError(
-            f"{path}: header says {'x'.join(map(str, shape))} values ({expected} bytes in all) but the "
-            f"file has {len(data)} bytes; it is {'truncated' if len(data) < expected else 'padded'}"
-        )
-    return np.frombuffer(data, np.uint8, offset=header).reshape(shape)
+    return np.frombuffer(body, np.uint8).reshape(shape)
 
 
-def decode(files: dict[str, Path], source: str) -> Arrays:
+def decode(files: dict[str, Path], source: str, limits: DecodeLimits | None = None) -> Arrays:
+    budget = DecodeBudget(limits, source)
     out = {}
     for split in ("train", "test"):
-        x = read_idx(files[f"{split}_images"], "images")
-        y = read_idx(files[f"{split}_labels"], "labels")
+        x = read_idx(files[f"{split}_images"], "images", budget)
+        y = read_idx(files[f"{split}_labels"], "labels", budget)
         if len(x) != len(y):
             raise UserInputError(
                 f"{source}: {files[f'{split}_images'].name} has {len(x)} images but "

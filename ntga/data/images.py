@@ -33,6 +33,7 @@ import io
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ntga.data.limits import DecodeBudget
 from ntga.errors import UserInputError
 
 _GREY = {"L"}
@@ -78,21 +79,33 @@ def _jpeg_frame(data: bytes) -> tuple[str, int, int] | None:
     return None
 
 
-def decode_image(data: bytes, where: str) -> np.ndarray:
+def decode_image(data: bytes, where: str, budget: DecodeBudget | None = None) -> np.ndarray:
     """Decodes image bytes to uint8 ``[H, W]`` (grey) or ``[H, W, 3]`` (colour).
 
+    Args:
+      data: the file's bytes.
+      where: the file, for messages.
+      budget: charged with the declared size from the image header *before* the
+        pixels are decoded (see :mod:`ntga.data.limits`).
+
     Raises:
-      UserInputError: ``where`` is not a decodable image or has an unsupported mode.
+      UserInputError: ``where`` is not a decodable image, has an unsupported mode,
+        or is larger than the budget allows.
     """
+    budget = budget or DecodeBudget()
     frame = _jpeg_frame(data)
     if frame is not None:
         mode, w, h = frame
+        budget.charge_image(h, w, 1 if mode == "L" else 3, where)
         try:
             return np.asarray(Image.frombytes(mode, (w, h), data, "jpeg", mode, ""))
         except (OSError, ValueError):
             pass  # corrupt or unusual: Image.open below decodes it or explains why not
+        budget.charge(-h * w * (1 if mode == "L" else 3), where)  # charged again below, by Image.open's header
     try:
         with Image.open(io.BytesIO(data)) as im:
+            w, h = im.size
+            budget.charge_image(h, w, 3 if im.mode in _RGB or im.mode in _TO_RGB else 1, where)
             im.load()
             mode = im.mode
             if mode in _GREY or mode in _RGB:

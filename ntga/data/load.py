@@ -24,6 +24,7 @@ from typing import Callable, NamedTuple
 
 from ntga.data import cache, digits, folder, idx, npz, tfds_source
 from ntga.data.dataset import Arrays, Dataset, check_arrays
+from ntga.data.limits import DecodeLimits
 from ntga.errors import UserInputError
 
 SPEC_FORMS = {
@@ -41,7 +42,7 @@ def spec_forms_text() -> str:
 
 class Prepared(NamedTuple):
     content_hash: str
-    decode: Callable[[], Arrays]
+    decode: Callable[[DecodeLimits], Arrays]  # decodes within the limits (see ntga.data.limits)
     cacheable: bool
 
 
@@ -58,7 +59,7 @@ def _prepare_digits(arg: str, spec: str) -> Prepared:
     if arg:
         raise UserInputError(f"dataset spec {spec!r}: 'digits' takes no argument")
     arrays, h = digits.load()
-    return Prepared(h, lambda: arrays, False)
+    return Prepared(h, lambda limits: arrays, False)
 
 
 def _prepare_idx(arg: str, spec: str) -> Prepared:
@@ -68,19 +69,19 @@ def _prepare_idx(arg: str, spec: str) -> Prepared:
             f"{spec}: {root} is not a directory; idx: needs the folder holding the four IDX files"
         )
     files = idx.find_files(root)
-    return Prepared(idx.content_hash(files), lambda: idx.decode(files, spec), idx.is_compressed(files))
+    return Prepared(idx.content_hash(files), lambda limits: idx.decode(files, spec, limits), idx.is_compressed(files))
 
 
 def _prepare_folder(arg: str, spec: str) -> Prepared:
     path = _existing(arg, spec, "folder:PATH")
-    return Prepared(folder.content_hash(path), lambda: folder.decode(path, spec), True)
+    return Prepared(folder.content_hash(path), lambda limits: folder.decode(path, spec, limits), True)
 
 
 def _prepare_npz(arg: str, spec: str) -> Prepared:
     path = _existing(arg, spec, "npz:FILE")
     if not path.is_file():
         raise UserInputError(f"{spec}: {path} is not a file; npz: needs a .npz file")
-    return Prepared(npz.content_hash(path), lambda: npz.decode(path, spec), False)
+    return Prepared(npz.content_hash(path), lambda limits: npz.decode(path, spec, limits), False)
 
 
 def _prepare_tfds(arg: str, spec: str) -> Prepared:
@@ -89,7 +90,7 @@ def _prepare_tfds(arg: str, spec: str) -> Prepared:
             f"dataset spec {spec!r} names no dataset; write it as tfds:NAME, e.g. tfds:mnist"
         )
     arrays, h = tfds_source.load(arg)
-    return Prepared(h, lambda: arrays, False)
+    return Prepared(h, lambda limits: arrays, False)
 
 
 #: kind -> prepare(argument, spec); a plain dict registry so new kinds are one line.
@@ -137,7 +138,7 @@ class LoadInfo:
 
 
 def load_dataset_info(
-    spec: str, *, cache_dir: str | Path | None = None, use_cache: bool = True
+    spec: str, *, cache_dir: str | Path | None = None, use_cache: bool = True, limits: DecodeLimits | None = None
 ) -> tuple[Dataset, LoadInfo]:
     """:func:`load_dataset` plus how it was served (cache hit, file, wall time)."""
     start = time.perf_counter()
@@ -152,14 +153,15 @@ def load_dataset_info(
     if arrays is None:
         # Validate before caching, so a bad source raises its own error every time
         # instead of leaving a cache file that is then discarded as corrupt.
-        arrays = check_arrays(prepared.decode(), spec)
+        arrays = check_arrays(prepared.decode(limits or DecodeLimits()), spec)
         if path is not None and not cache.write_cache(path, prepared.content_hash, arrays):
             path = None
     ds = Dataset(spec=spec, content_hash=prepared.content_hash, **arrays._asdict())
     return ds, LoadInfo(kind, from_cache, path, time.perf_counter() - start)
 
 
-def load_dataset(spec: str, *, cache_dir: str | Path | None = None, use_cache: bool = True) -> Dataset:
+def load_dataset(spec: str, *, cache_dir: str | Path | None = None, use_cache: bool = True,
+                 limits: DecodeLimits | None = None) -> Dataset:
     """Loads the dataset named by a ``--dataset`` spec.
 
     Args:
@@ -167,6 +169,8 @@ def load_dataset(spec: str, *, cache_dir: str | Path | None = None, use_cache: b
       cache_dir: where decoded arrays are cached; default ``$NTGA_CACHE_DIR`` or
         ``~/.cache/ntga``.
       use_cache: False to neither read nor write the cache.
+      limits: the largest image side and decoded size to accept (default
+        :class:`DecodeLimits`); checked from headers before pixels are decoded.
 
     Returns:
       A :class:`Dataset` (uint8 ``[N, H, W, C]`` images, int64 labels).
@@ -175,4 +179,4 @@ def load_dataset(spec: str, *, cache_dir: str | Path | None = None, use_cache: b
       UserInputError: unknown spec, missing path, or a malformed source, with
         one message naming the file and the problem.
     """
-    return load_dataset_info(spec, cache_dir=cache_dir, use_cache=use_cache)[0]
+    return load_dataset_info(spec, cache_dir=cache_dir, use_cache=use_cache, limits=limits)[0]

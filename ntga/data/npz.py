@@ -11,16 +11,19 @@ the file's bytes. Not cached: ``np.load`` already is the cache format.
 
 from __future__ import annotations
 
+import math
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from ntga.data.dataset import Arrays, source_hasher, update_with_file
+from ntga.data.limits import DecodeBudget, DecodeLimits
 from ntga.errors import UserInputError
 
 VERSION = 1
 REQUIRED = ("x_train", "y_train", "x_test", "y_test")
+MAX_CLASSES = 1 << 20  # without class_names, K = largest label + 1 names are made: bound K
 
 
 def content_hash(path: Path) -> str:
@@ -62,11 +65,29 @@ def _labels(y: np.ndarray, name: str, where: str) -> np.ndarray:
             f"{where}: {name} must be a 1-D integer array of class indices, got {y.dtype} {y.shape}"
             + (" (one-hot? use argmax)" if y.ndim == 2 else "")
         )
+    # Checked on the stored dtype, before the cast could wrap a huge uint64 label into a negative one
+    # (negative labels are reported by the dataset check with the class count).
+    if y.size and int(y.max()) >= MAX_CLASSES:
+        raise UserInputError(f"{where}: {name} holds label {int(y.max())}; class indices must lie in "
+                             f"[0, {MAX_CLASSES})")
     return y.astype(np.int64)
 
 
-def decode(path: Path, source: str) -> Arrays:
+def _declared(z: np.lib.npyio.NpzFile, key: str) -> tuple[tuple[int, ...], np.dtype] | None:
+    """Shape and dtype from an array's .npy header inside the archive, without reading its data."""
+    try:
+        with z.zip.open(f"{key}.npy") as f:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(f)
+    except (KeyError, ValueError, OSError, zipfile.BadZipFile, EOFError):
+        return None  # np.load's own reading below explains what is wrong
+    return shape, dtype
+
+
+def decode(path: Path, source: str, limits: DecodeLimits | None = None) -> Arrays:
     where = str(path)
+    budget = DecodeBudget(limits, source)
     try:
         z = np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
@@ -79,6 +100,10 @@ def decode(path: Path, source: str) -> Arrays:
             raise UserInputError(f"{where}: missing arrays {missing}; found {z.files}, need {list(REQUIRED)}")
         raw = {}
         for key in [*REQUIRED, *(["class_names"] if "class_names" in z.files else [])]:
+            declared = _declared(z, key)
+            if declared is not None:
+                budget.charge_array(declared[0] if key.startswith("x_") else (math.prod(declared[0]),),
+                                    f"{where}: {key}", itemsize=declared[1].itemsize)
             try:
                 raw[key] = z[key]
             except ValueError as err:

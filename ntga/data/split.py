@@ -109,6 +109,18 @@ class Split:
                 "Split.train_idx and Split.target_idx overlap; the target set must be held out"
             )
 
+    def require_classes(self, minimum: int = 2) -> None:
+        """Refuses a training split with fewer than ``minimum`` classes present.
+
+        Protection methods and victims need at least two classes; a protected
+        directory of one class would only be refused later by ``defenses.evaluate``.
+        """
+        present = np.unique(self.y_train)
+        if len(present) < minimum:
+            names = [self.dataset.class_names[int(c)] for c in present]
+            raise UserInputError(f"{self.dataset.spec}: the training split holds {len(present)} class(es) {names}; "
+                                 f"protection and victims need at least {minimum} classes")
+
     @property
     def x_train(self) -> np.ndarray:
         """uint8 ``[n, H, W, C]``."""

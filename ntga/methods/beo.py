@@ -82,7 +82,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from ntga.atomic import atomic_open
+from ntga import workfiles
 from ntga.attack import quantize_to_budget, to_float
 from ntga.errors import UserInputError
 from ntga.methods.base import MethodSpec, Protected, ProtectTask, grey_or_colour_eps
@@ -220,8 +220,11 @@ def _reference_rows(num_pool: int, lo: int, hi: int, size: int, key: jax.Array) 
 
 
 def _load_block(path, shape) -> tuple[np.ndarray, np.ndarray] | None:
-    with np.load(path, allow_pickle=False) as f:
-        x, stats = f["x"], f["stats"]
+    """A finished block, or None when it is absent, damaged (checksum) or from other settings: recompute."""
+    saved = workfiles.load_arrays(path)
+    if saved is None or "x" not in saved or "stats" not in saved:
+        return None
+    x, stats = saved["x"], saved["stats"]
     if x.dtype != np.uint8 or x.shape != shape or stats.shape != (len(_STATS),):
         return None  # not ours or from other settings: recompute
     return x, stats
@@ -258,7 +261,7 @@ def protect_beo(task: ProtectTask, config: BEOConfig, key: jax.Array) -> Protect
         lo, hi = b * block, min((b + 1) * block, n)
         weights[b] = (hi - lo) + num_ref
         path = None if task.workdir is None else task.workdir / f"beo_block_{b:05d}.npz"
-        done = _load_block(path, (hi - lo, *task.x.shape[1:])) if task.resume and path and path.exists() else None
+        done = _load_block(path, (hi - lo, *task.x.shape[1:])) if task.resume and path else None
         if done is None:
             pad = block - (hi - lo)
             xb = np.concatenate([task.x[lo:hi], np.zeros((pad, *task.x.shape[1:]), np.uint8)])
@@ -267,8 +270,7 @@ def protect_beo(task: ProtectTask, config: BEOConfig, key: jax.Array) -> Protect
             x_adv, s = attack(xb, yb, np.arange(block) < hi - lo, pool_x[ref], pool_y[ref])
             done = (np.asarray(x_adv)[: hi - lo], np.asarray(s, np.float64))
             if path is not None:
-                with atomic_open(path) as f:
-                    np.savez(f, x=done[0], stats=done[1])
+                workfiles.save_arrays(path, x=done[0], stats=done[1])
         out[lo:hi], stats[b] = done
     mean = weights @ stats / weights.sum()
     info = {name: float(v) for name, v in zip(_STATS, mean)}

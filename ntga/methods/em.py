@@ -177,7 +177,11 @@ def _save(path, delta, state, rounds: int, acc: float) -> None:
 
 
 def _load(path, delta, state):
-    stored, extras = load_tree(path, state, extras=("delta", "rounds", "acc"))
+    """The saved round, or None when there is none (or it was damaged: then EM restarts from round 0)."""
+    loaded = load_tree(path, state, extras=("delta", "rounds", "acc"))
+    if loaded is None:
+        return None
+    stored, extras = loaded
     saved = extras["delta"]
     if saved.shape != delta.shape or saved.dtype != delta.dtype:
         raise UserInputError(f"{path}: noise is {saved.dtype}{list(saved.shape)}, expected "
@@ -205,8 +209,9 @@ def protect_em(task: ProtectTask, config: EMConfig, key: jax.Array) -> Protected
     state = sur.init(k_init, x.shape[1:], mean, std)
     rounds, acc = 0, 0.0
     path = None if task.workdir is None else task.workdir / CHECKPOINT
-    if task.resume and path is not None and path.exists():
-        delta, state, rounds, acc = _load(path, delta, state)
+    saved = _load(path, delta, state) if task.resume and path is not None else None
+    if saved is not None:
+        delta, state, rounds, acc = saved
 
     train_on, search, correct = _round_fns(sur, classwise)
     args = jnp.float32(eps), jnp.float32(config.step_size), jnp.int32(config.steps)

@@ -12,7 +12,6 @@ for NTGA, and resuming with other settings is refused).
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from ntga import outdir
 from ntga.checkpoint import BlockStore, data_fingerprint, finished_with_same_settings
 from ntga.data import Split
 from ntga.errors import UserInputError
@@ -61,6 +61,7 @@ def generate_with_method(split: Split, spec: MethodSpec, config: Any, out: str |
       UserInputError: bad settings (before anything is written) or a resume with other settings.
     """
     ds = split.dataset
+    split.require_classes()
     config = spec.resolved(config, ds.image_shape)
     positions = select_protected(split.y_train, ds.num_classes, fraction, seed)
     out = Path(out)
@@ -68,15 +69,24 @@ def generate_with_method(split: Split, spec: MethodSpec, config: Any, out: str |
     fingerprint = {
         "method": spec.name, **settings, "seed": seed, "fraction": float(fraction), **data_fingerprint(split),
     }
-    if resume and finished_with_same_settings(out, fingerprint):
-        print(f"{out} is already complete; nothing to do")
-        return out
-    fresh = not (out.exists() and any(out.iterdir()))
-    store = BlockStore(out)
-    store.open(fingerprint, resume=resume)
-    workdir = store.work / "method"
-    workdir.mkdir(exist_ok=True)
+    with outdir.writing(out):
+        if resume and finished_with_same_settings(out, fingerprint):
+            print(f"{out} is already complete; nothing to do")
+            return out
+        store = BlockStore(out)
+        store.open(fingerprint, resume=resume)
+        workdir = store.work / "method"
+        workdir.mkdir(exist_ok=True)
+        # A setting that only fails against the data (e.g. a filter larger than the images) raises
+        # UserInputError inside protect: outdir.writing then removes the half-made directory.
+        return _protect_and_write(split, spec, config, out, store, workdir, fingerprint, positions, seed=seed,
+                                  resume=resume, progress=progress)
 
+
+def _protect_and_write(split: Split, spec: MethodSpec, config: Any, out: Path, store: BlockStore, workdir: Path,
+                       fingerprint: dict[str, Any], positions: np.ndarray, *, seed: int, resume: bool,
+                       progress: bool) -> Path:
+    ds = split.dataset
     rest = np.setdiff1d(np.arange(len(split.y_train)), positions)
     task = ProtectTask(
         x=split.x_train[positions], y=split.y_train[positions].astype(np.int64), num_classes=ds.num_classes,
@@ -85,14 +95,7 @@ def generate_with_method(split: Split, spec: MethodSpec, config: Any, out: str |
         workdir=workdir, resume=resume, progress=progress,
     )
     start = time.perf_counter()
-    try:
-        result = spec.protect(task, config, jax.random.key(seed))
-    except UserInputError:
-        # A setting that only fails against the data (e.g. a filter larger than the images):
-        # leave no half-made directory behind that would block the corrected rerun.
-        if fresh:
-            shutil.rmtree(out, ignore_errors=True)
-        raise
+    result = spec.protect(task, config, jax.random.key(seed))
     wall = time.perf_counter() - start
     _check_output(spec, result, task)
 

@@ -78,7 +78,7 @@ from tqdm.auto import tqdm
 
 from defenses.augment import channel_stats, standardize
 from defenses.models import MODELS, get_model
-from ntga.atomic import atomic_open
+from ntga import workfiles
 from ntga.attack import quantize_to_budget, to_float
 from ntga.errors import UserInputError
 from ntga.methods.base import MethodSpec, Protected, ProtectTask, grey_or_colour_eps
@@ -267,9 +267,11 @@ def sep_attack(grad, trees: list, centres: jax.Array, x_uint8, target, key: jax.
 def _surrogate(task: ProtectTask, config: SepConfig, x_train, y_train, key, spec, module) -> Checkpoints:
     """The trained checkpoints: loaded from the work directory on resume, else trained (and saved)."""
     path = None if task.workdir is None else Path(task.workdir) / CHECKPOINT_FILE
-    if task.resume and path is not None and path.exists():
+    if task.resume and path is not None:
         template = init_variables(module, x_train.shape[1:], key)
-        return load_checkpoints(path, jax.device_get(template), config.checkpoints)
+        saved = load_checkpoints(path, jax.device_get(template), config.checkpoints)
+        if saved is not None:
+            return saved
     ckpts = train_with_checkpoints(module, spec, x_train, y_train, task.num_classes, epochs=config.epochs,
                                    batch_size=config.train_batch_size, count=config.checkpoints, key=key,
                                    lr=config.surrogate_lr, progress=task.progress)
@@ -282,10 +284,10 @@ def _load_progress(task: ProtectTask) -> np.ndarray:
     """Protected images [done, H, W, C] from an interrupted run (empty when none or not resuming)."""
     path = None if task.workdir is None else Path(task.workdir) / PROGRESS_FILE
     empty = np.zeros((0, *task.x.shape[1:]), np.uint8)
-    if not (task.resume and path is not None and path.exists()):
+    saved = workfiles.load_arrays(path) if task.resume and path is not None else None
+    if saved is None:
         return empty
-    with np.load(path, allow_pickle=False) as data:
-        done = data["x"]
+    done = saved.get("x", np.zeros(0))
     if done.dtype != np.uint8 or done.shape[1:] != task.x.shape[1:] or done.shape[0] > task.x.shape[0]:
         raise UserInputError(f"{path} does not belong to this run ({done.dtype}{list(done.shape)}); "
                              "remove it to start the attack over")
@@ -294,8 +296,7 @@ def _load_progress(task: ProtectTask) -> np.ndarray:
 
 def _save_progress(task: ProtectTask, x_done: np.ndarray) -> None:
     if task.workdir is not None:
-        with atomic_open(Path(task.workdir) / PROGRESS_FILE) as f:
-            np.savez(f, x=x_done)
+        workfiles.save_arrays(Path(task.workdir) / PROGRESS_FILE, x=x_done)
 
 
 def protect_sep(task: ProtectTask, config: SepConfig, key: jax.Array) -> Protected:

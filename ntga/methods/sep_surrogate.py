@@ -154,13 +154,18 @@ def save_checkpoints(path: Path, ckpts: Checkpoints) -> None:
     save_tree(path, ckpts.variables, steps=ckpts.steps, train_acc=ckpts.train_acc)
 
 
-def load_checkpoints(path: Path, template: Variables, count: int) -> Checkpoints:
+def load_checkpoints(path: Path, template: Variables, count: int) -> Checkpoints | None:
     """Reads :func:`save_checkpoints`' file back into the structure of ``template`` (unstacked variables).
+
+    Returns None when the file is absent or fails its checksum (then the checkpoints are retrained).
 
     Raises:
       UserInputError: the file does not hold ``count`` checkpoints of this model.
     """
-    variables, extras = load_tree(path, template, leading=(count,), extras=("steps", "train_acc"))
+    loaded = load_tree(path, template, leading=(count,), extras=("steps", "train_acc"))
+    if loaded is None:
+        return None
+    variables, extras = loaded
     if extras["steps"].shape != (count,):
         raise UserInputError(f"{path} holds {extras['steps'].shape[0]} checkpoints, expected {count}; "
                              "delete it or run without --resume")

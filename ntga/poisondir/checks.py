@@ -57,6 +57,8 @@ def check_labels(y: Any, n: int, num_classes: int | None, name: str = "y") -> np
         raise UserInputError(f"{name} has {y.shape[0]} labels but there are {n} images")
     if y.size and y.min() < 0:
         raise UserInputError(f"{name} must be >= 0, found {y.min()}")
+    if y.size and int(y.max()) > np.iinfo(np.int64).max:
+        raise UserInputError(f"{name} has label {int(y.max())}, too large for a class index (int64)")
     if num_classes is not None and y.size and y.max() >= num_classes:
         raise UserInputError(f"{name} has label {y.max()} but there are only {num_classes} class names")
     return y.astype(np.int64)

@@ -1,0 +1,117 @@
+"""Checksummed work files: what a resumable run saves under ``OUT/.work`` to continue after a kill.
+
+A resumed run trusts its work files as much as its own memory, so a file that
+was damaged on disk (a flipped bit, a truncated copy, an edit) must never flow
+into the output. Every work file therefore has a sidecar ``NAME.sha256`` that
+holds the sha256 and the length of the file's bytes; it is written after the
+file (both atomically), so its presence also marks the file complete.
+
+On reading, a file whose sidecar is missing or does not match is reported on
+stderr, deleted, and treated as absent: the caller recomputes that piece of
+work, exactly as if the run had been killed before writing it. Nothing here
+unpickles: arrays are stored with ``allow_pickle=False``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ntga import atomic
+
+SUFFIX = ".sha256"
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + SUFFIX)
+
+
+def _record(data: bytes) -> str:
+    return f"{hashlib.sha256(data).hexdigest()} {len(data)}\n"
+
+
+def write(path: str | Path, data: bytes) -> None:
+    """Writes ``data`` to ``path``, then its checksum sidecar (both atomically)."""
+    path = Path(path)
+    _sidecar(path).unlink(missing_ok=True)  # a stale sidecar must never vouch for new bytes
+    atomic.write_bytes(path, data)
+    atomic.write_text(_sidecar(path), _record(data))
+
+
+def exists(path: str | Path) -> bool:
+    """Whether ``path`` and its sidecar are both present (contents are checked by :func:`read`)."""
+    path = Path(path)
+    return path.exists() and _sidecar(path).exists()
+
+
+def discard(path: str | Path, why: str) -> None:
+    """Deletes a work file and its sidecar, saying why on stderr (the work is then redone)."""
+    path = Path(path)
+    print(f"warning: work file {path} {why}; it is deleted and its work is recomputed", file=sys.stderr)
+    path.unlink(missing_ok=True)
+    _sidecar(path).unlink(missing_ok=True)
+
+
+def read(path: str | Path) -> bytes | None:
+    """The bytes of a verified work file; None when it is absent, incomplete or corrupt (then deleted)."""
+    path = Path(path)
+    if not path.exists() and not _sidecar(path).exists():
+        return None
+    try:
+        data = path.read_bytes()
+        expected = _sidecar(path).read_text()
+    except FileNotFoundError:
+        discard(path, "has no checksum (it was being written when the run stopped)")
+        return None
+    if _record(data) != expected:
+        discard(path, "does not match its checksum (damaged or edited)")
+        return None
+    return data
+
+
+def save_arrays(path: str | Path, **arrays: Any) -> None:
+    """Saves named arrays as a checksummed ``.npz`` (no pickling)."""
+    buf = io.BytesIO()
+    np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
+    write(path, buf.getvalue())
+
+
+def load_arrays(path: str | Path) -> dict[str, np.ndarray] | None:
+    """The arrays of a verified :func:`save_arrays` file, or None (absent or corrupt: recompute)."""
+    data = read(path)
+    if data is None:
+        return None
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError) as err:  # checksum matched but content unreadable: our own bug
+        discard(path, f"is not a readable array file ({err})")
+        return None
+
+
+def save_json(path: str | Path, payload: Any) -> None:
+    write(path, (json.dumps(payload, indent=1, allow_nan=False) + "\n").encode())
+
+
+def load_json(path: str | Path) -> Any | None:
+    data = read(path)
+    if data is None:
+        return None
+    try:
+        return json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        discard(path, f"is not readable JSON ({err})")
+        return None
+
+
+def remove(path: str | Path) -> None:
+    """Deletes a work file and its sidecar silently (e.g. superseded progress)."""
+    path = Path(path)
+    path.unlink(missing_ok=True)
+    _sidecar(path).unlink(missing_ok=True)
