@@ -88,19 +88,20 @@ class BlockStore:
         self.work = self.out / WORK_DIR
 
     # -- run fingerprint --------------------------------------------------------------
-    def open(self, fingerprint: dict[str, Any], *, resume: bool) -> None:
-        """Creates the work directory, or checks an existing one against ``fingerprint``.
+    def check(self, fingerprint: dict[str, Any], *, resume: bool) -> None:
+        """Applies the output-directory policy and the settings check without writing anything.
 
-        The output-directory policy (:mod:`ntga.outdir`) applies: ``out`` must be new or
-        empty, or hold a generation run (``.work/run.json`` or a finished manifest) and
-        ``resume`` be given.
+        ``out`` must be new or empty, or hold a generation run (``.work/run.json`` or a
+        finished manifest) and ``resume`` be given; a resumed run's fingerprint must
+        equal ``fingerprint``.
 
         Raises:
             UserInputError: ``out`` is non-empty and ``resume`` is false; or it was made
                 with different settings; or it is not a generation directory at all.
         """
         run_file = self.work / RUN_FILE
-        outdir.ensure_dir(self.out)
+        if self.out.exists() and not self.out.is_dir():
+            raise UserInputError(f"--out {self.out} exists and is not a directory; choose a directory path")
         outdir.check_reusable(self.out, owned=lambda out: run_file.exists() or (out / MANIFEST).exists(),
                               resume=resume, what="an ntga.generate run")
         if resume and run_file.exists():
@@ -109,7 +110,14 @@ class BlockStore:
             if diff:
                 details = "; ".join(f"{k}: was {saved.get(k)!r}, now {fingerprint.get(k)!r}" for k in diff)
                 raise UserInputError(f"cannot resume into {self.out}: it was made with different settings ({details})")
+
+    def open(self, fingerprint: dict[str, Any], *, resume: bool) -> None:
+        """:meth:`check`, then creates the work directory and its fingerprint (unless resuming one)."""
+        self.check(fingerprint, resume=resume)
+        run_file = self.work / RUN_FILE
+        if resume and run_file.exists():
             return
+        outdir.ensure_dir(self.out)
         self.work.mkdir(parents=True, exist_ok=True)
         atomic.write_bytes(run_file, json.dumps(fingerprint, indent=2, sort_keys=True).encode())
 
@@ -151,7 +159,7 @@ class BlockStore:
 
     def finished(self, num_blocks: int) -> list[int]:
         """Indices of blocks whose files are present (their checksums are verified by :meth:`load_block`)."""
-        return [i for i in range(num_blocks) if all(workfiles.exists(p) for p in self._paths(i))]
+        return [i for i in range(num_blocks) if all(p.exists() for p in self._paths(i))]
 
     def remove(self) -> None:
         """Deletes the work directory once the poison directory is complete."""

@@ -21,8 +21,8 @@ from typing import Callable, Sequence
 # OSErrors whose cause is the environment (disk, permissions, paths), never a bug in the code.
 ENVIRONMENT_ERRNOS = frozenset({
     errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO, errno.ENOTDIR,
-    errno.EISDIR, errno.ENAMETOOLONG, errno.EFBIG, errno.ELOOP, errno.ENOENT, errno.EEXIST, errno.ENOTEMPTY,
-})
+    errno.EISDIR, errno.ENAMETOOLONG, errno.EFBIG, errno.ELOOP,
+})  # not ENOENT / EEXIST / ENOTEMPTY: where those are the user's doing, the code says so itself
 
 
 def describe_os_error(err: OSError) -> str:

@@ -13,9 +13,11 @@ manifest's dataset spec and checked against its content hash): the layout that
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import secrets
 import shutil
+import socket
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -68,11 +70,19 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _remove_stale_partials(dest: Path) -> None:
-    """Deletes hidden partial exports to ``dest`` left by killed exports (their process is gone)."""
+    """Deletes hidden partial exports to ``dest`` that a killed export on this machine left behind.
+
+    A partial folder is named ``.NAME.partial-HOST-PID-RANDOM``; it is stale when HOST is
+    this machine and process PID is gone. Anything else (another host's export on a
+    shared file system, a running export, a folder not named by us) is left alone.
+    """
     prefix = _partial_prefix(dest)
+    host = socket.gethostname()
     for path in dest.parent.glob(f"{prefix}*"):
-        pid_text = path.name[len(prefix):].split("-", 1)[0]
-        if path.is_dir() and not (pid_text.isdigit() and _pid_alive(int(pid_text))):
+        parts = path.name[len(prefix):].rsplit("-", 2)
+        if len(parts) != 3 or parts[0] != host or not parts[1].isdigit() or not path.is_dir():
+            continue
+        if not _pid_alive(int(parts[1])):
             shutil.rmtree(path, ignore_errors=True)
             print(f"removed {path}, left behind by an interrupted export", file=sys.stderr)
 
@@ -124,7 +134,7 @@ def export_image_folder(
     _remove_stale_partials(dest)
     # Named after this process so a later export can tell a killed one's leftovers from a running one.
     # mkdir honours the umask (usually 0755): a published folder must be readable by others.
-    tmp = dest.parent / f"{_partial_prefix(dest)}{os.getpid()}-{secrets.token_hex(4)}"
+    tmp = dest.parent / f"{_partial_prefix(dest)}{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
     try:
         tmp.mkdir(mode=0o777)
     except OSError as err:
@@ -133,9 +143,15 @@ def export_image_folder(
         _save_pngs(tmp / "train", poisons.x, poisons.y, poisons.source_indices, names)
         if x_test is not None:
             _save_pngs(tmp / "test", x_test, y_test, np.arange(x_test.shape[0]), names)
-        if dest.exists():
-            dest.rmdir()  # empty (checked above); rename cannot replace it portably
-        os.replace(tmp, dest)
+        try:
+            if dest.exists():
+                dest.rmdir()  # empty (checked above); rename cannot replace it portably
+            os.replace(tmp, dest)
+        except OSError as err:
+            if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            raise UserInputError(f"export destination {dest} was filled by someone else during the export; "
+                                 "choose a new one") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -11,10 +11,13 @@ Rules (``ntga.generate``, ``defenses.evaluate``, ``ntga.export``):
   (``fcntl.flock``) on ``OUT/.ntga.lock``. A second command on the same
   directory is refused at once with a message naming the holder, instead of
   racing it. The kernel releases the lock when the holder exits, even on
-  ``kill -9``, so a killed run never leaves a stale lock; the file itself is
-  removed on a clean exit. Cooperating processes of one sharded run take the
-  lock shared and one exclusive lock per shard. (``flock`` is local to one
-  machine; processes on different hosts must keep to distinct ``--shard``s.)
+  ``kill -9``, so a killed run never leaves a stale lock; an exclusive holder
+  removes the file on a clean exit. Cooperating processes of one sharded run
+  take the lock shared and one exclusive lock per shard; their (empty, hidden)
+  lock files stay in the folder, since no shard can know it is the last user.
+  ``flock`` is local to one machine: processes on different hosts must keep to
+  distinct ``--shard``s. ``ntga.export`` needs no lock: it builds its folder
+  under a private hidden name and renames it into place.
 * A path that cannot be created or written gives one ``error:`` line with the
   path and the cause.
 """
@@ -114,7 +117,8 @@ class DirLock:
         mode = (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX) | (0 if self.blocking else fcntl.LOCK_NB)
         while True:
             try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+                # O_NOFOLLOW: a planted symlink must not make us truncate and write another file.
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
             except OSError as err:
                 raise UserInputError(f"cannot write into {self.flag} {self.out}: {err.strerror or err}") from None
             try:
@@ -199,29 +203,29 @@ def writing(out: str | Path, *, shard: tuple[int, int] = (0, 1), clean_on_error:
     setting that only fails against the data, numerics that do not work out, ...)
     and ``out`` was new or empty, what the run put there is removed again, so the
     corrected rerun is not refused for a half-made directory (for commands whose
-    partial work is worthless under bad settings). Any other failure (a kill, a
-    bug) leaves the work files for ``--resume``. A directory this call created and
-    nothing filled is removed in any case.
+    partial work is worthless under bad settings). Only an unsharded run does
+    this: it alone holds the folder exclusively, whereas a shard's "empty" folder
+    may already be filling with another shard's work. Any other failure (a kill,
+    a bug) leaves the work files for ``--resume``. A directory this call created
+    and nothing filled is removed in any case (after the locks are released, and
+    only while it is empty).
     """
     out = Path(out)
     existed = out.exists()
     ensure_dir(out, flag=flag)
-    failed = False
+    exclusive = shard[1] == 1
     try:
         with RunLocks(out, shard):  # refuses at once, before anything is touched, if another run holds it
             fresh = not entries(out)
             try:
                 yield fresh
             except UserInputError:
-                failed = fresh and clean_on_error
-                if failed:
+                if fresh and clean_on_error and exclusive:
                     _clear(out)
                 raise
     finally:
-        if failed and not existed:
-            shutil.rmtree(out, ignore_errors=True)
-        elif not existed and out.is_dir() and not any(out.iterdir()):
-            out.rmdir()  # refused by the lock or the policy: leave no directory we made for nothing
+        if not existed and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # refused or cleared: leave no directory we made for nothing
 
 
 def _clear(out: Path) -> None:

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 
 from ntga import outdir
-from ntga.checkpoint import data_fingerprint, finished_with_same_settings, parse_shard
+from ntga.checkpoint import BlockStore, data_fingerprint, finished_with_same_settings, parse_shard
 from ntga.data import Split, split_from_args
 from ntga.errors import UserInputError
 
@@ -95,7 +95,7 @@ def generate(split: Split, options: GenerateOptions, out: str | Path, *, seed: i
     from ntga.attack import AttackConfig, make_block_attack, one_hot, to_float
     from ntga.kernels import make
     from ntga.methods.fraction import select_protected
-    from ntga.runner import BlockJob, run_blocks
+    from ntga.runner import BlockJob, assemble_blocks, run_blocks
 
     ds = split.dataset
     opts = options.resolved(ds.image_shape[-1])
@@ -126,23 +126,27 @@ def generate(split: Split, options: GenerateOptions, out: str | Path, *, seed: i
         **({} if all_rows else {"fraction": float(fraction)}), **data_fingerprint(split),
     }
     out = Path(out)
+    store = BlockStore(out)
     with outdir.writing(out, shard=shard):
         if resume and finished_with_same_settings(out, fingerprint):
             print(f"{out} is already complete; nothing to do")
             return out
+        store.check(fingerprint, resume=resume)  # the folder policy and settings, before any compute
         check_numerics(kernel_fn, config, job, opts)
         block_fn = make_block_attack(kernel_fn, config)
+        key = jax.random.key(seed)
         start = time.perf_counter()
-        x_poison, summary = run_blocks(job, block_fn, jax.random.key(seed), out, fingerprint=fingerprint,
-                                       resume=resume, shard=shard, devices=devices, progress=progress,
-                                       describe=_describe_block)
-        if x_poison is None:
+        _, summary = run_blocks(job, block_fn, key, out, fingerprint=fingerprint, resume=resume, shard=shard,
+                                devices=devices, progress=progress, describe=_describe_block, assemble=False)
+        if not summary.all_present:
             print(f"shard {shard[0] + 1}/{shard[1]} finished; other shards' blocks are still missing in {out}")
             return None
+        # Shards share `out`: only one assembles, and a late one finds the directory complete.
         with outdir.assembly_lock(out):
-            if finished_with_same_settings(out, fingerprint):  # another shard's process was first
+            if finished_with_same_settings(out, fingerprint):
                 print(f"{out} was completed by another process of this run")
                 return out
+            x_poison, summary = assemble_blocks(job, block_fn, key, out, devices)
             return _write_output(split, out, fingerprint, x_poison, summary, positions, all_rows,
                                  devices=devices, start=start)
 

@@ -48,6 +48,7 @@ class RunSummary:
 
     block_stats: list[dict[str, Any]] = field(default_factory=list)
     complete: bool = False
+    all_present: bool = False  # every block's work files exist (from this or another process)
     path: Path | None = None
 
     def mean(self, key: str) -> float | None:
@@ -65,6 +66,69 @@ def _stats_of(out: dict[str, np.ndarray], g: int, seconds: float) -> dict[str, A
     return stats
 
 
+class _Blocks:
+    """One run's blocks: what to compute, computing them, and assembling the finished ones."""
+
+    def __init__(self, job: BlockJob, block_fn: BlockFn, key: jax.Array, out: str | Path,
+                 devices: Sequence[jax.Device] | None):
+        self.job, self.key = job, key
+        self.plan = BlockPlan(len(job.x), job.block_size)
+        self.store = BlockStore(Path(out))
+        self.spreader = BlockSpreader(block_fn, devices)
+
+    def shape(self, i: int) -> tuple[int, ...]:
+        a, b = self.plan.bounds(i)
+        return (b - a, *self.job.x.shape[1:])
+
+    def verified(self, i: int) -> bool:
+        """Whether block ``i`` is finished and passes its checksums (a damaged one is deleted, with a warning)."""
+        return self.store.load_block(i, self.shape(i)) is not None
+
+    def all_present(self) -> bool:
+        return len(self.store.finished(self.plan.num_blocks)) == self.plan.num_blocks
+
+    def compute(self, indices: list[int], bar, describe: Callable[[int, dict[str, Any]], str] | None) -> None:
+        plan, job, store = self.plan, self.job, self.store
+        x_target = jax.numpy.asarray(job.x_target)
+        y_target = jax.numpy.asarray(job.y_target_onehot)
+        sizes = plan.sizes()
+        groups: list[list[int]] = []  # blocks of equal size run together, one per device
+        for size in sorted({sizes[i] for i in indices}, reverse=True):
+            same = [i for i in indices if sizes[i] == size]
+            n_dev = self.spreader.num_devices
+            groups += [same[j:j + n_dev] for j in range(0, len(same), n_dev)]
+        for group in groups:
+            start = time.perf_counter()
+            xs = np.stack([job.x[slice(*plan.bounds(i))] for i in group])
+            ys = np.stack([job.y_onehot[slice(*plan.bounds(i))] for i in group])
+            keys = jax.vmap(lambda i: jax.random.fold_in(self.key, i))(np.asarray(group, dtype=np.uint32))
+            result = self.spreader.run(xs, ys, x_target, y_target, keys)
+            seconds = (time.perf_counter() - start) / len(group)
+            for g, index in enumerate(group):
+                stats = _stats_of(result, g, seconds)
+                _check_finite(index, stats)
+                store.save_block(index, result["x_poison_uint8"][g], stats)
+                if describe is not None:
+                    bar.write(describe(index, stats))
+                bar.update(1)
+
+    def assemble(self) -> tuple[np.ndarray, RunSummary]:
+        """Every block, verified; one damaged since it was written (e.g. another shard's) is redone here."""
+        summary = RunSummary(all_present=True)
+        parts = []
+        for i in range(self.plan.num_blocks):
+            loaded = self.store.load_block(i, self.shape(i))
+            if loaded is None:
+                self.compute([i], tqdm(disable=True), None)
+                loaded = self.store.load_block(i, self.shape(i))
+                if loaded is None:
+                    raise RuntimeError(f"block {i} in {self.store.work} fails its checksum right after being written")
+            parts.append(loaded[0])
+            summary.block_stats.append(loaded[1])
+        summary.complete = True
+        return np.concatenate(parts), summary
+
+
 def run_blocks(
     job: BlockJob,
     block_fn: BlockFn,
@@ -77,6 +141,7 @@ def run_blocks(
     devices: Sequence[jax.Device] | None = None,
     progress: bool = True,
     describe: Callable[[int, dict[str, Any]], str] | None = None,
+    assemble: bool = True,
 ) -> tuple[np.ndarray | None, RunSummary]:
     """Protects ``job.x`` block by block, saving each finished block under ``out/.work``.
 
@@ -94,74 +159,39 @@ def run_blocks(
         devices: local devices to spread blocks over (default: all).
         progress: show a progress bar over blocks with ETA.
         describe: formats a per-block line for the progress output.
+        assemble: load the finished blocks when all are present. A caller that shares
+            ``out`` with other processes passes False and calls :func:`assemble_blocks`
+            under :func:`ntga.outdir.assembly_lock` (``summary.all_present`` says when).
 
     Returns:
         ``(x_uint8, summary)``: the assembled protected images [N, H, W, C] when every
-        block is finished (by this or another process), else ``(None, summary)``.
+        block is finished (by this or another process) and ``assemble``, else ``(None, summary)``.
     """
-    plan = BlockPlan(len(job.x), job.block_size)
-    store = BlockStore(Path(out))
-    store.open(fingerprint, resume=resume)
+    blocks = _Blocks(job, block_fn, key, out, devices)
+    blocks.store.open(fingerprint, resume=resume)
     k_shard, n_shard = shard
-    spreader = BlockSpreader(block_fn, devices)
-
-    mine = [i for i in range(plan.num_blocks) if i % n_shard == k_shard]
-
-    def shape(i: int) -> tuple[int, ...]:
-        a, b = plan.bounds(i)
-        return (b - a, *job.x.shape[1:])
-
+    mine = [i for i in range(blocks.plan.num_blocks) if i % n_shard == k_shard]
     # A block counts as finished only if its work files pass their checksums; a damaged
     # one is deleted (with a warning) by load_block and recomputed here.
-    present = set(store.finished(plan.num_blocks))
-    todo = [i for i in mine if i not in present or store.load_block(i, shape(i)) is None]
-    summary = RunSummary()
-    x_target = jax.numpy.asarray(job.x_target)
-    y_target = jax.numpy.asarray(job.y_target_onehot)
-
-    def compute(indices: list[int], bar) -> None:
-        sizes = plan.sizes()
-        groups: list[list[int]] = []  # blocks of equal size run together, one per device
-        for size in sorted({sizes[i] for i in indices}, reverse=True):
-            same = [i for i in indices if sizes[i] == size]
-            groups += [same[j:j + spreader.num_devices] for j in range(0, len(same), spreader.num_devices)]
-        for group in groups:
-            start = time.perf_counter()
-            xs = np.stack([job.x[slice(*plan.bounds(i))] for i in group])
-            ys = np.stack([job.y_onehot[slice(*plan.bounds(i))] for i in group])
-            keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(np.asarray(group, dtype=np.uint32))
-            result = spreader.run(xs, ys, x_target, y_target, keys)
-            seconds = (time.perf_counter() - start) / len(group)
-            for g, index in enumerate(group):
-                stats = _stats_of(result, g, seconds)
-                _check_finite(index, stats)
-                store.save_block(index, result["x_poison_uint8"][g], stats)
-                if describe is not None:
-                    bar.write(describe(index, stats))
-                bar.update(1)
-
+    present = set(blocks.store.finished(blocks.plan.num_blocks))
+    todo = [i for i in mine if i not in present or not blocks.verified(i)]
     bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc="blocks", unit="block",
                disable=not progress, dynamic_ncols=True)
     try:
-        compute(todo, bar)
+        blocks.compute(todo, bar, describe)
     finally:
         bar.close()
+    if not blocks.all_present():
+        return None, RunSummary()
+    if not assemble:
+        return None, RunSummary(all_present=True)
+    return blocks.assemble()
 
-    # Assemble when every block (from any shard) is present.
-    if len(store.finished(plan.num_blocks)) < plan.num_blocks:
-        return None, summary
-    parts = []
-    for i in range(plan.num_blocks):
-        loaded = store.load_block(i, shape(i))
-        if loaded is None:  # damaged since it was written (e.g. another shard's block): redo it here
-            compute([i], tqdm(disable=True))
-            loaded = store.load_block(i, shape(i))
-            if loaded is None:
-                raise RuntimeError(f"block {i} in {store.work} fails its checksum right after being written")
-        parts.append(loaded[0])
-        summary.block_stats.append(loaded[1])
-    summary.complete = True
-    return np.concatenate(parts), summary
+
+def assemble_blocks(job: BlockJob, block_fn: BlockFn, key: jax.Array, out: str | Path,
+                    devices: Sequence[jax.Device] | None = None) -> tuple[np.ndarray, RunSummary]:
+    """The protected images of a run whose blocks are all present (see ``run_blocks(assemble=False)``)."""
+    return _Blocks(job, block_fn, key, out, devices).assemble()
 
 
 def _check_finite(index: int, stats: dict[str, Any]) -> None:

@@ -3,13 +3,19 @@
 A resumed run trusts its work files as much as its own memory, so a file that
 was damaged on disk (a flipped bit, a truncated copy, an edit) must never flow
 into the output. Every work file therefore has a sidecar ``NAME.sha256`` that
-holds the sha256 and the length of the file's bytes; it is written after the
-file (both atomically), so its presence also marks the file complete.
+lists the sha256 and length of the bytes it vouches for.
 
-On reading, a file whose sidecar is missing or does not match is reported on
-stderr, deleted, and treated as absent: the caller recomputes that piece of
-work, exactly as if the run had been killed before writing it. Nothing here
-unpickles: arrays are stored with ``allow_pickle=False``.
+Rewriting a file (EM's checkpoint every round, SEP's progress) must not open a
+window in which a kill loses the previous version, so :func:`write` goes in
+three atomic steps: the sidecar first vouches for the old *and* the new bytes,
+then the data is replaced, then the sidecar keeps only the new record. After a
+kill at any point the file on disk matches a record in its sidecar.
+
+On reading, a file that matches no record of its sidecar, or has no sidecar
+(damaged, edited, or written by an older version of ntga or by another tool),
+is reported on stderr, deleted, and treated as absent: the caller recomputes
+that piece of work, exactly as if the run had been killed before writing it.
+Nothing here unpickles: arrays are stored with ``allow_pickle=False``.
 """
 
 from __future__ import annotations
@@ -36,18 +42,22 @@ def _record(data: bytes) -> str:
     return f"{hashlib.sha256(data).hexdigest()} {len(data)}\n"
 
 
+def _records(path: Path) -> set[str]:
+    try:
+        return {line + "\n" for line in _sidecar(path).read_text().splitlines() if line}
+    except (FileNotFoundError, UnicodeDecodeError):
+        return set()
+
+
 def write(path: str | Path, data: bytes) -> None:
-    """Writes ``data`` to ``path``, then its checksum sidecar (both atomically)."""
+    """Writes ``data`` to ``path`` with its checksum, never leaving the previous version unverifiable."""
     path = Path(path)
-    _sidecar(path).unlink(missing_ok=True)  # a stale sidecar must never vouch for new bytes
+    new = _record(data)
+    current = _record(path.read_bytes()) if path.exists() else None
+    keep = current if current in _records(path) and current != new else ""  # the verified version on disk
+    atomic.write_text(_sidecar(path), keep + new)  # vouches for the old and the new bytes
     atomic.write_bytes(path, data)
-    atomic.write_text(_sidecar(path), _record(data))
-
-
-def exists(path: str | Path) -> bool:
-    """Whether ``path`` and its sidecar are both present (contents are checked by :func:`read`)."""
-    path = Path(path)
-    return path.exists() and _sidecar(path).exists()
+    atomic.write_text(_sidecar(path), new)
 
 
 def discard(path: str | Path, why: str) -> None:
@@ -61,15 +71,15 @@ def discard(path: str | Path, why: str) -> None:
 def read(path: str | Path) -> bytes | None:
     """The bytes of a verified work file; None when it is absent, incomplete or corrupt (then deleted)."""
     path = Path(path)
-    if not path.exists() and not _sidecar(path).exists():
+    if not path.exists():
+        _sidecar(path).unlink(missing_ok=True)  # a kill before the first version's data landed
         return None
-    try:
-        data = path.read_bytes()
-        expected = _sidecar(path).read_text()
-    except FileNotFoundError:
-        discard(path, "has no checksum (it was being written when the run stopped)")
+    data = path.read_bytes()
+    records = _records(path)
+    if not records:
+        discard(path, "has no checksum (written by an older version of ntga, or not by ntga)")
         return None
-    if _record(data) != expected:
+    if _record(data) not in records:
         discard(path, "does not match its checksum (damaged or edited)")
         return None
     return data

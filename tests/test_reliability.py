@@ -14,6 +14,7 @@ import gzip
 import io
 import json
 import os
+import socket
 import stat
 import zipfile
 from pathlib import Path
@@ -85,10 +86,42 @@ def test_workfile_detects_a_flipped_bit_and_a_missing_checksum(tmp_path, capsys)
     path.write_bytes(bytes(data))
     assert workfiles.load_arrays(path) is None
     assert "does not match its checksum" in capsys.readouterr().err
-    assert not path.exists() and not workfiles.exists(path)  # deleted, so it is recomputed
+    assert not path.exists() and not (tmp_path / "w.npz.sha256").exists()  # deleted, so it is recomputed
     workfiles.save_arrays(path, x=np.zeros(3))
     (tmp_path / "w.npz.sha256").unlink()
     assert workfiles.load_arrays(path) is None and not path.exists()
+
+
+def test_a_kill_while_a_work_file_is_rewritten_keeps_the_previous_version(tmp_path, monkeypatch):
+    from ntga import atomic
+
+    path = tmp_path / "ckpt.npz"
+    workfiles.save_arrays(path, round=np.int64(1))
+    real = atomic.write_bytes
+
+    def killed_while_writing_the_data(p, data):
+        if Path(p) == path:
+            raise KeyboardInterrupt  # after the sidecar vouched for both versions, before the data landed
+        return real(p, data)
+
+    monkeypatch.setattr(atomic, "write_bytes", killed_while_writing_the_data)
+    with pytest.raises(KeyboardInterrupt):
+        workfiles.save_arrays(path, round=np.int64(2))
+    monkeypatch.setattr(atomic, "write_bytes", real)
+    assert int(workfiles.load_arrays(path)["round"]) == 1  # the previous version is still verified
+    workfiles.save_arrays(path, round=np.int64(3))
+    assert int(workfiles.load_arrays(path)["round"]) == 3
+    assert len((tmp_path / "ckpt.npz.sha256").read_text().splitlines()) == 1
+
+
+def test_a_work_file_without_checksum_is_recomputed_and_named(tmp_path, key, capsys):
+    full, _ = run_blocks(make_job(), noisy_block_fn, key, tmp_path / "full", fingerprint=FP, progress=False)
+    out = tmp_path / "r"
+    _interrupted_run(out, key, after_blocks=2)
+    (out / ".work" / "block_00000.npy.sha256").unlink()  # e.g. written by an older version
+    resumed, _ = run_blocks(make_job(), noisy_block_fn, key, out, fingerprint=FP, resume=True, progress=False)
+    np.testing.assert_array_equal(resumed, full)
+    assert "block_00000.npy has no checksum" in capsys.readouterr().err
 
 
 def _interrupted_run(out: Path, key, after_blocks: int) -> None:
@@ -185,6 +218,19 @@ def test_shards_share_a_directory_but_a_shard_runs_once(tmp_path):
             outdir.RunLocks(tmp_path, (0, 1)).__enter__()  # an unsharded run
 
 
+def test_a_refused_shard_never_deletes_another_shards_work(tmp_path, capsys):
+    out = tmp_path / "sh"
+    assert generate_main([*TINY, "--shard", "1/2", "--out", str(out)]) == 0
+    work = sorted(p.name for p in (out / ".work").iterdir())
+    # Started at the same time without --resume, or with a typo in a setting: refused, and harmless.
+    for extra in ([], ["--resume", "--steps", "3"]):
+        code, err = cli(generate_main, [*TINY, "--shard", "2/2", "--out", str(out), *extra], capsys)
+        assert code == 2 and "error:" in err
+        assert sorted(p.name for p in (out / ".work").iterdir()) == work
+    assert generate_main([*TINY, "--shard", "2/2", "--resume", "--out", str(out)]) == 0
+    read_poison_dir(out)
+
+
 def test_a_late_shard_never_rewrites_a_finished_directory(tmp_path, monkeypatch, capsys):
     """Process B reaches assembly after process A completed the directory: B leaves it alone."""
     from ntga import runner
@@ -237,6 +283,19 @@ def test_symlink_loops_in_a_class_folder_are_an_error_not_a_hang(tmp_path, links
         load_dataset(f"folder:{root}", use_cache=False)
 
 
+def test_two_links_to_one_folder_are_not_a_loop(tmp_path):
+    root = _tiny_folder(tmp_path / "d")
+    shared = tmp_path / "shared-b"
+    (root / "train" / "b").rename(shared)
+    import shutil
+
+    shutil.rmtree(root / "test" / "b")
+    os.symlink(shared, root / "train" / "b")
+    os.symlink(shared, root / "test" / "b")  # the same folder reached twice, neither inside itself
+    ds = load_dataset(f"folder:{root}", use_cache=False)
+    assert ds.x_train.shape == (8, 6, 6, 3) and ds.x_test.shape == (6, 6, 6, 3)
+
+
 def test_a_broken_symlink_is_named(tmp_path):
     root = _tiny_folder(tmp_path / "d")
     os.symlink(root / "nowhere.png", root / "train" / "a" / "gone.png")
@@ -262,8 +321,9 @@ def test_a_png_bomb_is_refused_from_its_header_before_decoding(tmp_path, monkeyp
         return real_load(self)
 
     monkeypatch.setattr(Image.Image, "load", no_decoding_of_the_bomb)
-    with pytest.raises(UserInputError, match=r"zz-bomb.png .* is 5000x4100 pixels .*--max-image-side 5000"):
+    with pytest.raises(UserInputError, match=r"zz-bomb.png .* is 5000x4100 pixels .*--max-image-side 5000") as err:
         load_dataset(f"folder:{archive}", use_cache=False)
+    assert "cannot decode" not in str(err.value)
 
 
 def test_the_total_decoded_size_is_bounded_and_the_limit_can_be_raised(tmp_path):
@@ -301,7 +361,9 @@ def test_an_idx_header_cannot_declare_gigabytes_or_wrap_around(tmp_path):
 def test_numerics_that_cannot_work_are_refused_before_any_block(tmp_path, capsys):
     out = tmp_path / "nan"
     code, err = cli(generate_main, [*TINY, "--t", "1e300", "--out", str(out)], capsys)
-    assert code == 2 and "not finite" in err and "--t" in err and "Traceback" not in err
+    # This wording comes only from the check before the first block (a block's own check says "block N: ...").
+    assert code == 2 and "the attack's loss or gradient is not finite for these settings" in err
+    assert "--t" in err and "Traceback" not in err and "block 0" not in capsys.readouterr().out
     assert not out.exists()  # nothing half-made left behind
 
 
@@ -421,16 +483,19 @@ def test_a_huge_uint64_label_is_reported_as_stored(tmp_path):
 
 def test_a_killed_exports_leftovers_are_removed_and_exports_are_readable(poison_dir, tmp_path, capsys):
     dest = tmp_path / "pub"
-    stale = tmp_path / ".pub.partial-999999999-abcd"  # a pid that cannot be alive
+    host = socket.gethostname()
+    stale = tmp_path / f".pub.partial-{host}-999999999-abcd"  # a pid that cannot be alive
     (stale / "train").mkdir(parents=True)
-    alive = tmp_path / f".pub.partial-{os.getpid()}-ef01"  # a running export (this process): kept
+    alive = tmp_path / f".pub.partial-{host}-{os.getpid()}-ef01"  # a running export (this process): kept
     alive.mkdir()
+    elsewhere = tmp_path / ".pub.partial-otherhost-999999999-abcd"  # another machine's, on a shared disk: kept
+    elsewhere.mkdir()
     old = os.umask(0o022)
     try:
         assert export_main(["--poisons", str(poison_dir), "--no-test", "--out", str(dest)]) == 0
     finally:
         os.umask(old)
-    assert not stale.exists() and alive.exists()
+    assert not stale.exists() and alive.exists() and elsewhere.exists()
     assert "left behind by an interrupted export" in capsys.readouterr().err
     modes = {stat.S_IMODE(p.stat().st_mode) for p in [dest, *dest.rglob("*")] if p.is_dir()}
     assert modes == {0o755}

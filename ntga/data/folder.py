@@ -81,21 +81,24 @@ def _walk(root: Path) -> Iterator[tuple[str, Path, bool]]:
     """(relative posix path, path, is_dir) for every non-skipped entry, in sorted order.
 
     Symbolic links are followed (class folders linked from elsewhere are common), but
-    a folder reached twice (a link loop, which would otherwise recurse until ELOOP or,
+    a link loop (a folder inside itself, which would otherwise recurse until ELOOP or,
     with several links, practically forever) and a link that leads nowhere are errors.
     """
-    seen: set[tuple[int, int]] = set()
+    ids: dict[Path, tuple[int, int]] = {}  # every folder read so far -> its (device, inode)
 
     def refuse(err: OSError) -> None:
         raise UserInputError(f"folder:{root}: cannot read {err.filename} ({err.strerror})")
 
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=refuse):
-        st = os.stat(dirpath)
-        rel_dir = Path(dirpath).relative_to(root)
-        if (st.st_dev, st.st_ino) in seen:
-            raise UserInputError(f"folder:{root}: {rel_dir.as_posix()} leads back to a folder already read (a "
-                                 "symbolic-link loop); remove that link")
-        seen.add((st.st_dev, st.st_ino))
+        here = Path(dirpath)
+        st = os.stat(here)
+        ident = (st.st_dev, st.st_ino)
+        rel_dir = here.relative_to(root)
+        # A loop is a folder that is its own ancestor; two links to one folder side by side are not.
+        if any(ids.get(parent) == ident for parent in here.parents):
+            raise UserInputError(f"folder:{root}: {rel_dir.as_posix()} leads back to a folder that contains it "
+                                 "(a symbolic-link loop); remove that link")
+        ids[here] = ident
         dirnames[:] = sorted(d for d in dirnames if not _skipped([d]))
         for d in dirnames:
             yield (rel_dir / d).as_posix(), Path(dirpath) / d, True

@@ -118,6 +118,8 @@ def decode_image(data: bytes, where: str, budget: DecodeBudget | None = None) ->
             if mode.startswith("I;16") or (mode == "I" and im.format == "PNG"):
                 v = np.asarray(im).astype(np.uint32)
                 return ((v * 255 + 32767) // 65535).astype(np.uint8)
+    except UserInputError:
+        raise  # the decode budget's own message (UserInputError is a ValueError)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise UserInputError(f"cannot decode {where} as an image ({type(err).__name__}: {err})") from None
     raise UserInputError(
