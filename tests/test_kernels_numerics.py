@@ -173,3 +173,23 @@ def test_cnn_nngp_matches_a_wide_random_network(key):
     empirical = w_std**2 * (f @ f.T) / f.shape[1] + b_std**2
     kf = kernels.make("cnn", depth=1, dense_layers=1)
     np.testing.assert_allclose(kf(x, None, "nngp"), empirical, rtol=0.03)
+
+
+def test_float32_atan2_is_as_accurate_as_xla_and_float64_is_untouched():
+    """The vectorised float32 atan2 of the ReLU kernel: within 2.7e-7 rad everywhere (XLA's: 2.3e-7)."""
+    from ntga.kernels._numerics import atan2
+
+    rng = np.random.default_rng(0)
+    scale = 10.0 ** rng.uniform(-30, 30, (2, 200_000))
+    y, x = (rng.standard_normal((2, 200_000)) * scale).astype(np.float32)
+    edges = np.array([(0, 0), (0, -0.0), (-0.0, 0), (-0.0, -0.0), (1, 0), (-1, 0), (0, 1), (0, -1), (1, 1),
+                      (1, -1), (-1, -1), (3.4e38, 1), (1, 3.4e38), (0.41421357, 1), (0.41421354, 1)], np.float32)
+    y, x = np.concatenate([y, edges[:, 0]]), np.concatenate([x, edges[:, 1]])
+    got = np.asarray(jax.jit(atan2)(jnp.asarray(y), jnp.asarray(x)))
+    assert got.dtype == np.float32
+    exact = np.arctan2(y.astype(np.float64), x.astype(np.float64))
+    assert np.max(np.abs(got - exact)) < 2.7e-7
+    np.testing.assert_array_equal(np.signbit(got[-15:]), np.signbit(np.arctan2(y[-15:], x[-15:])))
+    y64, x64 = y.astype(np.float64), x.astype(np.float64)
+    np.testing.assert_array_equal(np.asarray(atan2(jnp.asarray(y64), jnp.asarray(x64))),
+                                  np.asarray(jnp.arctan2(jnp.asarray(y64), jnp.asarray(x64))))

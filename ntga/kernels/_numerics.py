@@ -10,6 +10,14 @@ with atan2 and give the two primitives below a one-sided rule: the derivative
 of sqrt at 0 is defined as 0, and atan2's derivative guards its denominator.
 
 With these rules gradients are finite everywhere and values are untouched.
+
+Speed: XLA's CPU atan2 is not vectorised (about 10 ns per float32 element
+here, 68% of the ReLU layer and the largest single cost of the cnn kernel's
+hot loop). For float32, :func:`atan2` evaluates the angle with Cephes'
+``atanf`` polynomial after an octant reduction: plain vectorisable arithmetic,
+about 6x faster, within 2.7e-7 rad of the exact angle over normal float32
+inputs (XLA's own: 2.3e-7; the float32 spacing near pi is 2.4e-7). float64
+keeps ``jnp.arctan2``, bit for bit.
 Exactness on the diagonal of K(x, x) additionally needs the angle there to be
 exactly 0, which ``layers.relu`` pins in self mode (round-off would otherwise
 leave q11 q22 - q12^2 ~ 1e-16 q^2, where d sqrt is ~1e8).
@@ -49,6 +57,32 @@ def _safe_sqrt_jvp(primals, tangents):
     return out, jnp.where(positive, slope * dx, 0)
 
 
+_PI = 3.14159265358979323846
+_TAN_PI_8 = 0.41421356237309504880
+
+
+def _atan2_f32(y: jax.Array, x: jax.Array) -> jax.Array:
+    """atan2 for float32 from vectorisable arithmetic (Cephes atanf on an octant-reduced argument)."""
+    ax, ay = jnp.abs(x), jnp.abs(y)
+    big, small = jnp.maximum(ax, ay), jnp.minimum(ax, ay)
+    a = small / jnp.where(big > 0, big, 1)  # tan of the angle folded into [0, pi/4]; 0 at the origin
+    upper = a > _TAN_PI_8  # atan(a) = pi/4 + atan((a - 1) / (a + 1)) keeps the polynomial's argument small
+    z = jnp.where(upper, (a - 1) / (a + 1), a)
+    z2 = z * z
+    poly = (((8.05374449538e-2 * z2 - 1.38776856032e-1) * z2 + 1.99777106478e-1) * z2 - 3.33329491539e-1) * z2 * z + z
+    r = jnp.where(upper, _PI / 4 + poly, poly)
+    r = jnp.where(ay > ax, _PI / 2 - r, r)
+    r = jnp.where(jnp.signbit(x), _PI - r, r)  # signbit: atan2(+0, -0) = pi as in IEEE / jnp.arctan2
+    return jnp.where(jnp.signbit(y), -r, r).astype(y.dtype)
+
+
+def atan2(y: jax.Array, x: jax.Array) -> jax.Array:
+    """``jnp.arctan2``, through :func:`_atan2_f32` for float32 (see the module docstring)."""
+    if y.dtype == jnp.float32 and x.dtype == jnp.float32:
+        return _atan2_f32(y, x)
+    return jnp.arctan2(y, x)
+
+
 @jax.custom_jvp
 def safe_atan2(y: jax.Array, x: jax.Array) -> jax.Array:
     """atan2(y, x) with a derivative that is 0 instead of NaN at the origin.
@@ -60,7 +94,7 @@ def safe_atan2(y: jax.Array, x: jax.Array) -> jax.Array:
     Returns:
         The angle in [-pi, pi], same shape as the inputs; 0 at (0, 0).
     """
-    return jnp.arctan2(y, x)
+    return atan2(y, x)
 
 
 @safe_atan2.defjvp
