@@ -41,7 +41,9 @@ def uint8_budget_ok(x_u8, x_block, eps, norm):
     base = np.round(np.clip(np.asarray(x_block, np.float64), 0, 1) * 255).astype(np.int64)
     delta = np.asarray(x_u8).astype(np.int64) - base
     if norm == "linf":
-        return np.max(np.abs(delta)) <= uint8_linf_cap(eps) and np.max(np.abs(delta)) / 255 <= eps
+        # uint8_linf_cap deliberately rounds a budget within 1e-9 levels of an integer up (8/255 * 255
+        # can land just below 8), so eps = 1 - 1e-16 allows 255 levels: the same 1e-9 here, no more.
+        return np.max(np.abs(delta)) <= uint8_linf_cap(eps) and np.max(np.abs(delta)) <= 255 * eps + 1e-9
     return np.all(np.sqrt(np.sum((delta / 255.0) ** 2, axis=(1, 2, 3))) <= eps)
 
 
