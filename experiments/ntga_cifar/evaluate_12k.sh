@@ -2,16 +2,11 @@
 # Victims on the 12,000-image subset poisons (cnn vs fnn surrogate); the 10,000 test images.
 # FNN-ReLU and FNN as the reference (50 epochs, batch 64, raw pixels), and small-cnn width 16
 # as experiments/cifar_breakers (15 epochs, batch 128, crop + flip). Resumable.
-set -euo pipefail
-cd "$(dirname "$0")/../.."
-PY=${PY:-.venv/bin/python}
-RUNS=${RUNS:-runs/ntga_cifar}
-OUT=${OUT:-experiments/ntga_cifar}
-resume() { [ -e "$1/results.json" ] && echo --resume || true; }
+source "$(dirname "$0")/common.sh"
 for s in cnn fnn; do
   skip=$([ $s = fnn ] && echo --skip-clean || true)
   $PY -m defenses.evaluate --poisons $RUNS/12k-$s --model fnn-relu,fnn --seeds 1 --epochs 50 --batch-size 64 \
-      --no-standardize --no-progress $skip --out $OUT/12k-$s $(resume $OUT/12k-$s)
+      --no-standardize --no-progress $skip --out $OUT/12k-$s $(resume $OUT/12k-$s/results.json)
   $PY -m defenses.evaluate --poisons $RUNS/12k-$s --model small-cnn --model-opt width=16 --seeds 1 --epochs 15 \
-      --batch-size 128 --augment --no-progress $skip --out $OUT/12k-$s-smallcnn $(resume $OUT/12k-$s-smallcnn)
+      --batch-size 128 --augment --no-progress $skip --out $OUT/12k-$s-smallcnn $(resume $OUT/12k-$s-smallcnn/results.json)
 done
