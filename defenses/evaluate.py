@@ -93,7 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluate the test set every N epochs and after the last (default: 1)")
     o = p.add_argument_group("output")
     o.add_argument("--out", default=None, metavar="DIR",
-                   help="results directory (default: POISONS/eval, or runs/eval-<dataset> without --poisons)")
+                   help="results directory (default: runs/eval-<name of the poison directory>, or "
+                   "runs/eval-<dataset> without --poisons; never inside the poison directory, which a data "
+                   "owner may publish as it is)")
     o.add_argument("--resume", action="store_true",
                    help="continue OUT/results.json: runs already there are skipped (settings must be identical)")
     o.add_argument("--no-progress", action="store_true", help="no per-epoch progress bars")
@@ -101,11 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def default_out(args: argparse.Namespace) -> Path:
+    """runs/eval-<poison directory name> (or -<dataset name>): beside the poisons, not inside them."""
     if args.poisons is not None:
-        return Path(args.poisons) / "eval"
-    kind, _, arg = args.dataset.partition(":")
-    name = Path(arg.rstrip("/")).name if arg else kind
-    return Path("runs") / f"eval-{re.sub(r'[^A-Za-z0-9._-]+', '-', name) or kind}"
+        name, fallback = Path(args.poisons).resolve().name, "poisons"
+    else:
+        kind, _, arg = args.dataset.partition(":")
+        name, fallback = (Path(arg.rstrip("/")).name if arg else kind), kind
+    return Path("runs") / f"eval-{re.sub(r'[^A-Za-z0-9._-]+', '-', name).strip('.-') or fallback}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -223,6 +223,20 @@ def _poison_dir_for(ds, out: Path, n: int = 32) -> Path:
                                       "dataset": ds.spec, "dataset_content_hash": ds.content_hash})
 
 
+def test_default_results_folder_is_beside_the_poisons_not_inside(tmp_path, poison_dir, monkeypatch):
+    from defenses.evaluate import build_parser, default_out
+
+    before = sorted(p.name for p in poison_dir.iterdir())
+    monkeypatch.chdir(tmp_path)
+    args = build_parser().parse_args(["--poisons", str(poison_dir)])
+    assert default_out(args) == Path("runs") / f"eval-{poison_dir.name}"
+    assert main(["--poisons", str(poison_dir), *FNN, "--seeds", "1"]) == 0
+    assert (tmp_path / "runs" / f"eval-{poison_dir.name}" / "results.json").exists()
+    assert sorted(p.name for p in poison_dir.iterdir()) == before  # what a data owner publishes stays untouched
+    args = build_parser().parse_args(["--dataset", "folder:some/where/cifar.tar.gz/"])
+    assert default_out(args) == Path("runs") / "eval-cifar.tar.gz"
+
+
 def test_missing_poison_dir(tmp_path):
     with pytest.raises(UserInputError, match="does not exist"):
         main(["--poisons", str(tmp_path / "nope"), *FNN, "--out", str(tmp_path / "out")])
