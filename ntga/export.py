@@ -7,7 +7,10 @@ Command line::
 writes ``train/<class>/*.png`` (the protected images) and, unless ``--no-test``,
 ``test/<class>/*.png`` (the source dataset's clean test split, reloaded from the
 manifest's dataset spec and checked against its content hash): the layout that
-``--dataset folder:PATH`` reads back with the same labels.
+``--dataset folder:PATH`` reads back with the same labels (it ignores files beside
+``train/`` and ``test/``). Beside them, ``README.md`` and ``datasheet.json``
+(:mod:`ntga.datasheet`) say what was done, with which budget, which files are
+protected, what is not included, which software made it and what to cite.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ntga import atomic, datasheet
 from ntga.errors import UserInputError, run_cli
 from ntga.poisondir import PoisonSet, read_poison_dir
 from ntga.poisondir.checks import check_images, check_labels
@@ -46,13 +50,22 @@ def _check_class_names(class_names: Sequence[str], num_classes: int) -> list[str
     return names
 
 
-def _save_pngs(root: Path, images: np.ndarray, labels: np.ndarray, stems: np.ndarray, names: list[str]) -> None:
+def _save_pngs(root: Path, images: np.ndarray, labels: np.ndarray, stems: np.ndarray, names: list[str]) -> list[str]:
+    """Writes one PNG per image; returns their paths relative to ``root``'s parent, in row order."""
     from PIL import Image
 
     for label in np.unique(labels):
         (root / names[int(label)]).mkdir(parents=True)
+    files = []
     for img, label, stem in zip(images, labels, stems):  # one file per image: I/O bound, no array work to batch
-        Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(root / names[int(label)] / f"{int(stem):06d}.png")
+        rel = f"{names[int(label)]}/{int(stem):06d}.png"
+        Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(root / rel)
+        files.append(f"{root.name}/{rel}")
+    return files
+
+
+DATASHEET_JSON = "datasheet.json"
+DATASHEET_README = "README.md"
 
 
 def _partial_prefix(dest: Path) -> str:
@@ -140,9 +153,12 @@ def export_image_folder(
     except OSError as err:
         raise UserInputError(f"cannot write into {dest.parent}: {err.strerror or err}") from None
     try:
-        _save_pngs(tmp / "train", poisons.x, poisons.y, poisons.source_indices, names)
-        if x_test is not None:
-            _save_pngs(tmp / "test", x_test, y_test, np.arange(x_test.shape[0]), names)
+        train_files = _save_pngs(tmp / "train", poisons.x, poisons.y, poisons.source_indices, names)
+        test_files = (None if x_test is None else
+                      _save_pngs(tmp / "test", x_test, y_test, np.arange(x_test.shape[0]), names))
+        sheet = datasheet.build(poisons, train_files, test_files, names)
+        atomic.write_json(tmp / DATASHEET_JSON, sheet)
+        atomic.write_text(tmp / DATASHEET_README, datasheet.to_markdown(sheet))
         try:
             if dest.exists():
                 dest.rmdir()  # empty (checked above); rename cannot replace it portably

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -80,3 +82,35 @@ def test_export_refuses_non_empty_dest_and_bad_names(tmp_path):
     with pytest.raises(UserInputError, match="class_names has 1 names"):
         export_image_folder(poisons, tmp_path / "d2", class_names=["a"])
     assert not (tmp_path / "d2").exists()
+
+
+def test_the_export_carries_a_datasheet(tmp_path):
+    """README.md and datasheet.json say what was done, the budget, which files are protected and what is missing."""
+    from ntga.generate import main as generate_main
+
+    poisons = tmp_path / "p"
+    assert generate_main(["--dataset", "digits", "--train-size", "40", "--target-size", "20", "--steps", "1",
+                          "--fraction", "0.5", "--no-progress", "--out", str(poisons)]) == 0
+    dest = tmp_path / "pub"
+    assert main(["--poisons", str(poisons), "--out", str(dest)]) == 0
+    sheet = json.loads((dest / "datasheet.json").read_text())
+    loaded = read_poison_dir(poisons)
+    assert sheet["method"] == "ntga" and "Neural Tangent Generalization Attacks" in sheet["method_reference"]
+    assert sheet["budget"]["norm"] == "linf" and sheet["budget"]["eps"] == pytest.approx(0.3)
+    train = sheet["splits"]["train"]
+    assert train["files"] == 40 and train["protected"] == len(loaded.protected_positions) == 20
+    assert sheet["splits"]["not_included"]["images"] == 20
+    assert sheet["splits"]["test"]["files"] == len(list((dest / "test").rglob("*.png")))
+    assert len(sheet["protected_files"]) == 20 and all((dest / f).exists() for f in sheet["protected_files"])
+    # The listed files are exactly the ones that differ from the clean originals (file stem = source index).
+    clean = load_dataset("digits").x_train
+    changed = set()
+    for png in (dest / "train").rglob("*.png"):
+        with Image.open(png) as im:
+            if not np.array_equal(np.asarray(im), clean[int(png.stem)][..., 0]):
+                changed.add(f"train/{png.parent.name}/{png.name}")
+    assert set(sheet["protected_files"]) == changed
+    readme = (dest / "README.md").read_text()
+    assert "20 of 40 training images carry protection" in readme and "held out" in readme
+    assert "linf <= 0.3" in readme and "ICML 2021" in readme
+    assert load_dataset(f"folder:{dest}").x_train.shape[0] == 40  # the datasheet does not disturb reading it back
