@@ -152,9 +152,9 @@ def generate(split: Split, options: GenerateOptions, out: str | Path, *, seed: i
 
 
 def _describe_block(index: int, s: dict[str, Any]) -> str:
-    return (f"block {index}: GP target acc clean {100 * s['clean_target_acc']:.2f}% -> poisoned "
-            f"{100 * s['poisoned_target_acc']:.2f}%  (target loss {s['loss_history'][0]:.4g} -> "
-            f"{s['loss_history'][-1]:.4g}, {s['seconds']:.1f}s)")
+    return (f"block {index} ({s['images']} images): surrogate GP's target accuracy clean "
+            f"{100 * s['clean_target_acc']:.2f}% -> protected {100 * s['poisoned_target_acc']:.2f}%  (target loss "
+            f"{s['loss_history'][0]:.4g} -> {s['loss_history'][-1]:.4g}, {s['seconds']:.1f}s)")
 
 
 def check_numerics(kernel_fn, config, job, opts: GenerateOptions) -> None:
@@ -205,9 +205,21 @@ def _write_output(split: Split, out: Path, fingerprint: dict[str, Any], x_poison
                              target_indices=split.target_idx, x_clean=split.x_train,
                              class_names=ds.class_names, manifest=manifest,
                              protected_positions=None if all_rows else positions)
-    print(f"wrote {path}: {len(x_poison)} protected images in {len(summary.block_stats)} blocks; GP accuracy on "
-          f"the target set, mean over blocks: clean {100 * clean_acc:.2f}% -> poisoned {100 * poisoned_acc:.2f}%")
+    sizes = sorted({int(s["images"]) for s in summary.block_stats if "images" in s})
+    uneven = (f"; blocks of {sizes[-1]} images, the last of {sizes[0]}, whose figures are noisier"
+              if len(sizes) > 1 else "")
+    print(f"wrote {path}: {len(x_poison)} protected images in {len(summary.block_stats)} blocks.\n"
+          f"  Surrogate check (not a trained victim's accuracy): the NTK-GP fitted to one block scores "
+          f"{100 * clean_acc:.2f}% on the held-out targets when the block is clean and {100 * poisoned_acc:.2f}% "
+          f"when it is protected (mean over blocks{uneven}).")
+    print(next_steps(path))
     return path
+
+
+def next_steps(path: Path) -> str:
+    """What a user runs after generating ``path`` (printed by every generation method)."""
+    return (f"  Next: python -m defenses.evaluate --poisons {path}   (train victims on it; add --breakers ...)\n"
+            f"        python -m ntga.export --poisons {path} --out DIR   (publish it as an image folder)")
 
 
 def generate_from_args(args: argparse.Namespace, options: GenerateOptions, fraction: float = 1.0) -> Path | None:

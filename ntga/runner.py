@@ -57,7 +57,7 @@ class RunSummary:
 
 
 def _stats_of(out: dict[str, np.ndarray], g: int, seconds: float) -> dict[str, Any]:
-    stats: dict[str, Any] = {"seconds": seconds}
+    stats: dict[str, Any] = {"seconds": seconds, "images": int(np.asarray(out["x_poison_uint8"][g]).shape[0])}
     for name, value in out.items():
         if name == "x_poison_uint8":
             continue

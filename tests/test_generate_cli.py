@@ -144,3 +144,14 @@ def test_killed_run_resumes_to_identical_output(tmp_path, tiny_run):
     np.testing.assert_array_equal(read_poison_dir(out).x, read_poison_dir(tiny_run).x)
     manifest = json.loads((out / "manifest.json").read_text())
     assert len(manifest["blocks"]) == 3
+
+
+def test_the_summary_says_what_the_numbers_are_and_what_to_run_next(tmp_path, capsys):
+    out = tmp_path / "o"
+    assert main([*TINY, "--block-size", "20", "--out", str(out)]) == 0  # blocks of 20, 20 and 8 images
+    printed = capsys.readouterr().out
+    assert "block 2 (8 images): surrogate GP's target accuracy clean" in printed
+    assert "Surrogate check (not a trained victim's accuracy)" in printed
+    assert "blocks of 20 images, the last of 8, whose figures are noisier" in printed
+    assert f"Next: python -m defenses.evaluate --poisons {out}" in printed
+    assert f"python -m ntga.export --poisons {out} --out DIR" in printed

@@ -25,6 +25,7 @@ from ntga.data import Split
 from ntga.errors import UserInputError
 from ntga.methods.base import MethodSpec, Protected, ProtectTask
 from ntga.methods.fraction import select_protected
+from ntga.pipeline import next_steps
 from ntga.poisondir import write_poison_dir
 
 
@@ -126,4 +127,5 @@ def _protect_and_write(split: Split, spec: MethodSpec, config: Any, out: Path, s
                             protected_positions=None if len(positions) == len(y_all) else positions)
     store.remove()
     print(f"wrote {path}: {spec.name}, {len(positions)} of {len(y_all)} training images protected in {wall:.1f}s")
+    print(next_steps(path))
     return path
