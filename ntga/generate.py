@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from fractions import Fraction
 from typing import Any, Sequence
 
@@ -56,21 +57,27 @@ def parse_kernel_opts(items: Sequence[str]) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    description = ("Protect a dataset's training split, by default with Neural Tangent Generalization Attacks "
+                   "(projected gradient ascent against an infinite-width NTK Gaussian process), or with another "
+                   "method of the registry (--method; settings via --method-opt KEY=VALUE). Writes a poison "
+                   "directory (numpy arrays + manifest.json with sha256 + preview.png) that "
+                   "`python -m defenses.evaluate --poisons DIR` reads. --out DIR is required (except with "
+                   "--list-opts).")
+    epilog = ("methods: ntga (default), random (uniform noise; noise=sample-wise|class-wise), em (error-minimizing "
+              "noise), cuda (class-wise blur filters from a private key), sep (self-ensemble protection), beo "
+              "(Bayes-error optimisation), lsp (linearly separable patches), ops (one-pixel shortcut), ar "
+              "(autoregressive noise). `--method NAME --list-opts` prints a method's settings and defaults. "
+              "Flags marked [ntga] apply to NTGA only.")
+    # Raw layout keeps the dataset-spec table one form per line; the paragraphs are wrapped here.
     p = argparse.ArgumentParser(
         prog="python -m ntga.generate",
-        description="Protect a dataset's training split, by default with Neural Tangent Generalization Attacks "
-        "(projected gradient ascent against an infinite-width NTK Gaussian process), or with another "
-        "method of the registry (--method; settings via --method-opt KEY=VALUE). Writes a poison "
-        "directory (numpy arrays + manifest.json with sha256 + preview.png) that "
-        "`python -m defenses.evaluate --poisons DIR` reads.",
-        epilog="methods: ntga (default), random (uniform noise; noise=sample-wise|class-wise), "
-        "em (error-minimizing noise), cuda (class-wise blur filters from a private key), sep (self-ensemble "
-        "protection), beo (Bayes-error optimisation), lsp (linearly separable patches), ops (one-pixel "
-        "shortcut), ar (autoregressive noise). `--method NAME --list-opts` prints a method's settings "
-        "and defaults. Flags marked [ntga] apply to NTGA only.",
+        description=textwrap.fill(description, 79),
+        epilog=textwrap.fill(epilog, 79),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_dataset_args(p)
-    p.add_argument("--out", default=None, help="output directory (must be new or empty, unless --resume); required")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="output directory, required (new or empty, or this tool's run with --resume)")
     p.add_argument("--method", default="ntga", choices=METHODS, help="protection method")
     p.add_argument("--method-opt", action="append", default=[], metavar="KEY=VALUE",
                    help="a setting of a method other than ntga, repeatable (see --list-opts)")

@@ -115,6 +115,10 @@ def test_help_lists_the_flags():
     for flag in ("--dataset", "--kernel", "--eps", "--norm", "--steps", "--step-size", "--t", "--block-size",
                  "--target-size", "--dtype", "--seed", "--out", "--resume", "--shard"):
         assert flag in proc.stdout
+    lines = proc.stdout.splitlines()  # the dataset forms stay a table, one per line
+    for form in ("digits", "idx:DIR", "folder:PATH", "npz:FILE", "tfds:NAME"):
+        assert any(line.strip().startswith(form + " ") for line in lines), form
+    assert "--out DIR is required" in proc.stdout
 
 
 def test_parse_helpers():
