@@ -100,8 +100,6 @@ class BlockStore:
                 with different settings; or it is not a generation directory at all.
         """
         run_file = self.work / RUN_FILE
-        if self.out.exists() and not self.out.is_dir():
-            raise UserInputError(f"--out {self.out} exists and is not a directory; choose a directory path")
         outdir.check_reusable(self.out, owned=lambda out: run_file.exists() or (out / MANIFEST).exists(),
                               resume=resume, what="an ntga.generate run")
         if resume and run_file.exists():

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ntga.errors import UserInputError
 from ntga.poisondir import PoisonSet
 
 FORMAT = "ntga.export.datasheet/1"
@@ -30,11 +31,11 @@ TOOLKIT = "ntga-jax: unlearnable datasets with Neural Tangent Generalization Att
 def _method_reference(method: str) -> str:
     if method in CITATIONS:
         return CITATIONS[method]
-    try:
-        from ntga.methods import get_method
+    from ntga.methods import get_method
 
+    try:
         return get_method(method).summary
-    except Exception:  # a manifest from another version may name a method this one lacks
+    except UserInputError:  # a manifest from another version may name a method this one lacks
         return f"method {method!r}"
 
 
@@ -65,12 +66,13 @@ def build(poisons: PoisonSet, train_files: Sequence[str], test_files: Sequence[s
                  else np.asarray(poisons.protected_positions, np.int64))
     clean_rows = np.setdiff1d(np.arange(n), protected)
     method = str(m.get("method", "unknown"))
+    reference = _method_reference(method)
     target_size = int(m.get("target_size") or 0)
     return {
         "format": FORMAT,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
         "method": method,
-        "method_reference": _method_reference(method),
+        "method_reference": reference,
         "settings": {k: m[k] for k in SETTING_KEYS if k in m},
         "budget": _budget(m),
         "source_dataset": {"spec": m.get("dataset"), "content_hash": m.get("dataset_content_hash"),
@@ -92,7 +94,7 @@ def build(poisons: PoisonSet, train_files: Sequence[str], test_files: Sequence[s
         "class_names": list(class_names),
         "made_by": {"toolkit": TOOLKIT, "library_versions": m.get("library_versions"),
                     "generated": m.get("created"), "poison_manifest_format": m.get("format_version")},
-        "cite": [CITATIONS.get(method, _method_reference(method)), TOOLKIT],
+        "cite": [reference, TOOLKIT],
     }
 
 

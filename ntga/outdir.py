@@ -51,41 +51,44 @@ def entries(out: Path) -> list[str]:
     return sorted(p.name for p in out.iterdir() if not _is_lock(p.name))
 
 
-def ensure_dir(out: str | Path, *, flag: str = "--out") -> Path:
+def _require_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserInputError(f"--out {out} exists and is not a directory; choose a directory path")
+
+
+def ensure_dir(out: str | Path) -> Path:
     """Creates ``out`` (and its parents), or explains in one line why it cannot be."""
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UserInputError(f"{flag} {out} exists and is not a directory; choose a directory path")
+    _require_dir(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise UserInputError(f"cannot create {flag} {out}: {err.strerror or err}") from None
+        raise UserInputError(f"cannot create --out {out}: {err.strerror or err}") from None
     if not os.access(out, os.W_OK | os.X_OK):
-        raise UserInputError(f"cannot write into {flag} {out}: permission denied")
+        raise UserInputError(f"cannot write into --out {out}: permission denied")
     return out
 
 
-def check_reusable(out: Path, *, owned: Callable[[Path], bool], resume: bool, what: str,
-                   flag: str = "--out") -> bool:
-    """Applies the policy to an existing ``out``; returns True when it is new or empty.
+def check_reusable(out: Path, *, owned: Callable[[Path], bool], resume: bool, what: str) -> None:
+    """Applies the policy to ``out`` (a file where a folder should be, a user's folder, a run without --resume).
 
     Args:
-        out: the output directory.
+        out: the output directory (it may not exist yet).
         owned: whether ``out`` holds a run of this tool (e.g. its marker file exists).
         resume: the user asked to continue a run there.
         what: the tool's run, for messages ("an ntga.generate run").
     """
+    _require_dir(out)
     found = entries(out)
     if not found:
-        return True
+        return
     if not owned(out):
         shown = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
-        raise UserInputError(f"{flag} {out} is not empty ({shown}) and does not hold {what}; nothing there is "
+        raise UserInputError(f"--out {out} is not empty ({shown}) and does not hold {what}; nothing there is "
                              "overwritten: choose a new or empty directory")
     if not resume:
-        raise UserInputError(f"{flag} {out} already holds {what}; pass --resume to continue it, or choose a "
+        raise UserInputError(f"--out {out} already holds {what}; pass --resume to continue it, or choose a "
                              "new directory")
-    return False
 
 
 class DirLock:
@@ -98,12 +101,11 @@ class DirLock:
         blocking: wait for the lock instead of refusing at once.
     """
 
-    def __init__(self, out: str | Path, name: str = LOCK_NAME, *, shared: bool = False, blocking: bool = False,
-                 flag: str = "--out"):
+    def __init__(self, out: str | Path, name: str = LOCK_NAME, *, shared: bool = False, blocking: bool = False):
         if not _is_lock(name):
             raise ValueError(f"lock names start with {LOCK_PREFIX!r} and end with '.lock', got {name!r}")
         self.out, self.path = Path(out), Path(out) / name
-        self.shared, self.blocking, self.flag = shared, blocking, flag
+        self.shared, self.blocking = shared, blocking
         self._fd: int | None = None
 
     def _holder(self) -> str:
@@ -120,7 +122,7 @@ class DirLock:
                 # O_NOFOLLOW: a planted symlink must not make us truncate and write another file.
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
             except OSError as err:
-                raise UserInputError(f"cannot write into {self.flag} {self.out}: {err.strerror or err}") from None
+                raise UserInputError(f"cannot write into --out {self.out}: {err.strerror or err}") from None
             try:
                 fcntl.flock(fd, mode)
             except OSError as err:
@@ -128,7 +130,7 @@ class DirLock:
                 if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                     raise
                 raise UserInputError(
-                    f"{self.flag} {self.out} is in use by another run{self._holder()}; wait for it to finish, "
+                    f"--out {self.out} is in use by another run{self._holder()}; wait for it to finish, "
                     "or choose another directory") from None
             # The previous holder may have removed the file between our open and flock:
             # then we locked an orphan inode and must retry on the file now at the path.
@@ -195,8 +197,7 @@ def assembly_lock(out: str | Path) -> DirLock:
 
 
 @contextmanager
-def writing(out: str | Path, *, shard: tuple[int, int] = (0, 1), clean_on_error: bool = True,
-            flag: str = "--out") -> Iterator[bool]:
+def writing(out: str | Path, *, shard: tuple[int, int] = (0, 1), clean_on_error: bool = True) -> Iterator[bool]:
     """Creates ``out`` if needed and holds the run's locks for the block; yields whether it was new or empty.
 
     With ``clean_on_error``, when the block fails with a :class:`UserInputError` (a
@@ -212,7 +213,7 @@ def writing(out: str | Path, *, shard: tuple[int, int] = (0, 1), clean_on_error:
     """
     out = Path(out)
     existed = out.exists()
-    ensure_dir(out, flag=flag)
+    ensure_dir(out)
     exclusive = shard[1] == 1
     try:
         with RunLocks(out, shard):  # refuses at once, before anything is touched, if another run holds it

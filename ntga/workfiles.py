@@ -53,8 +53,9 @@ def write(path: str | Path, data: bytes) -> None:
     """Writes ``data`` to ``path`` with its checksum, never leaving the previous version unverifiable."""
     path = Path(path)
     new = _record(data)
-    current = _record(path.read_bytes()) if path.exists() else None
-    keep = current if current in _records(path) and current != new else ""  # the verified version on disk
+    # The records that vouch for what is on disk now (whatever they are, the file matches one or is
+    # already unusable), so no bytes need to be read back and hashed again.
+    keep = "".join(sorted(r for r in _records(path) if r != new)) if path.exists() else ""
     atomic.write_text(_sidecar(path), keep + new)  # vouches for the old and the new bytes
     atomic.write_bytes(path, data)
     atomic.write_text(_sidecar(path), new)

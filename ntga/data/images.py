@@ -101,11 +101,11 @@ def decode_image(data: bytes, where: str, budget: DecodeBudget | None = None) ->
             return np.asarray(Image.frombytes(mode, (w, h), data, "jpeg", mode, ""))
         except (OSError, ValueError):
             pass  # corrupt or unusual: Image.open below decodes it or explains why not
-        budget.charge(-h * w * (1 if mode == "L" else 3), where)  # charged again below, by Image.open's header
     try:
         with Image.open(io.BytesIO(data)) as im:
-            w, h = im.size
-            budget.charge_image(h, w, 3 if im.mode in _RGB or im.mode in _TO_RGB else 1, where)
+            if frame is None:  # a JPEG whose fast path failed was charged from its frame header already
+                w, h = im.size
+                budget.charge_image(h, w, 3 if im.mode in _RGB or im.mode in _TO_RGB else 1, where)
             im.load()
             mode = im.mode
             if mode in _GREY or mode in _RGB:
