@@ -23,6 +23,7 @@ from typing import Sequence
 
 from defenses.breakers import describe_breakers
 from defenses.models import MODELS
+from defenses.train.config import SCHEDULES, TTAS
 from ntga.data import add_dataset_args
 from ntga.data.cli import limits_from_args
 from ntga.errors import UserInputError, run_cli
@@ -50,9 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
         + "\n".join(f"  {line}" for line in describe_breakers().splitlines()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--poisons", metavar="DIR", default=None,
-                   help="poison directory to evaluate; its source dataset is reloaded from the manifest and "
-                   "checked by content hash (without --poisons: clean-only runs on --dataset)")
+    p.add_argument("--poisons", metavar="SOURCE", default=None,
+                   help="what to evaluate: a poison directory (from ntga.generate; its source dataset is "
+                   "reloaded from the manifest and checked by content hash), or poisons made by another tool "
+                   "together with --dataset naming the clean data: IMAGES.npy,LABELS.npy (uint8 or float "
+                   "[0, 1] images, int or one-hot labels) or a dataset spec whose training split holds them "
+                   "(e.g. folder:PATH of an APBench export). Without --poisons: clean-only runs on --dataset")
     add_dataset_args(p)
     p.set_defaults(dataset=None)
     for action in p._actions:  # the shared flag's help assumes a fixed default
@@ -81,8 +85,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--optimizer", default=None, choices=("sgd", "adam"))
     t.add_argument("--lr", type=float, default=None, help="peak learning rate")
     t.add_argument("--momentum", type=float, default=None, help="SGD momentum")
+    t.add_argument("--nesterov", default=None, action=argparse.BooleanOptionalAction,
+                   help="Nesterov momentum (SGD with momentum > 0 only; ignored otherwise)")
     t.add_argument("--weight-decay", type=float, default=None, help="coupled L2 weight decay")
-    t.add_argument("--schedule", default=None, choices=("cosine", "constant"))
+    t.add_argument("--schedule", default=None, choices=SCHEDULES,
+                   help="learning-rate decay over the run: cosine or linear to 0, or constant")
+    t.add_argument("--warmup", type=float, default=None, metavar="SHARE",
+                   help="share of the steps spent raising the learning rate linearly from 0 first, in [0, 1)")
+    t.add_argument("--label-smoothing", type=float, default=None, metavar="S",
+                   help="spread a share S of each training target evenly over the classes, in [0, 1)")
+    t.add_argument("--tta", default=None, choices=TTAS,
+                   help="test-time augmentation: none, or flip (logits averaged over each test image and "
+                   "its mirror image); evaluation only")
     t.add_argument("--loss", default=None, choices=("ce", "mse"))
     t.add_argument("--augment", default=None, action=argparse.BooleanOptionalAction,
                    help="random crop + flip of the training batches")
@@ -115,8 +129,8 @@ def default_out(args: argparse.Namespace) -> Path:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from defenses.breakers import parse_breakers
-    from defenses.evaluation import (evaluate, load_clean, load_poisoned, make_conditions, make_victims,
-                                     markdown_tables, parse_model_opts)
+    from defenses.evaluation import (evaluate, is_poison_dir, load_clean, load_foreign_poisons, load_poisoned,
+                                     make_conditions, make_victims, markdown_tables, parse_model_opts)
     from defenses.train import TrainConfig
     from ntga.data import split_from_args
 
@@ -125,18 +139,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
                          momentum=args.momentum, weight_decay=args.weight_decay, schedule=args.schedule,
                          augment=args.augment, loss=args.loss, standardize=args.standardize,
-                         eval_every=args.eval_every)
+                         eval_every=args.eval_every, nesterov=args.nesterov, warmup=args.warmup,
+                         label_smoothing=args.label_smoothing, tta=args.tta)
     models = [m.strip() for m in args.model.split(",")]
     victims = make_victims(models, parse_model_opts(args.model_opt, models), config)
     breakers = parse_breakers(args.breakers)
     if args.poisons is not None:
         for flag, value in (("--train-size", args.train_size), ("--target-size", args.target_size)):
             if value is not None:
-                raise UserInputError(f"{flag} does not apply with --poisons: the poison directory fixes the "
-                                     "training images (use --test-size to subsample the test set)")
-        data = load_poisoned(args.poisons, dataset=args.dataset, test_size=args.test_size, seed=args.seed,
-                             cache_dir=args.cache_dir, use_cache=not args.no_cache,
-                             limits=limits_from_args(args))
+                raise UserInputError(f"{flag} does not apply with --poisons: the poisons fix the training "
+                                     "images (use --test-size to subsample the test set)")
+        load = load_poisoned if is_poison_dir(args.poisons) else load_foreign_poisons
+        data = load(args.poisons, dataset=args.dataset, test_size=args.test_size, seed=args.seed,
+                    cache_dir=args.cache_dir, use_cache=not args.no_cache, limits=limits_from_args(args))
     else:
         args.dataset = args.dataset or "digits"
         data = load_clean(split_from_args(args))

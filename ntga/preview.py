@@ -99,7 +99,8 @@ def amplify_difference(x_clean: np.ndarray, x_poison: np.ndarray) -> tuple[np.nd
     """Maps the signed perturbation to [0, 1] around mid-grey, stretched to the full range.
 
     Returns ``(0.5 + delta / (2 * max|delta|), max|delta|)`` with delta in [0, 1] pixel
-    units, so grey means unchanged, white/black the largest increase/decrease.
+    units, so grey means unchanged, white/black the largest increase/decrease
+    (the preview draws this scale under the row's label, in /255 units).
     One maximum over all shown images keeps their magnitudes comparable.
     """
     clean = _to_unit(x_clean)
@@ -194,6 +195,24 @@ def save_png(image: Image.Image, path: str | Path) -> Path:
     return path
 
 
+def draw_difference_scale(canvas: Image.Image, draw: ImageDraw.ImageDraw, font, *, left: int, top: int, width: int,
+                          peak_255: float) -> None:
+    """The difference row's colour scale: a black-grey-white bar from -max|d| through 0 to +max|d|.
+
+    Each channel of a difference tile is read on this bar (grey: unchanged).
+    """
+    width = max(width, 24)
+    ramp = np.linspace(0, 255, width).round().astype(np.uint8)
+    bar = Image.fromarray(np.repeat(np.repeat(ramp[None, :, None], 8, axis=0), 3, axis=2))
+    canvas.paste(bar, (left, top))
+    draw.rectangle((left - 1, top - 1, left + width, top + 8), outline=TEXT)
+    text_top = top + 10
+    low, high = f"-{peak_255:.2g}", f"+{peak_255:.2g}"
+    draw.text((left, text_top), low, fill=TEXT, font=font)
+    draw.text((left + (width - text_width(draw, "0", font)) // 2, text_top), "0", fill=TEXT, font=font)
+    draw.text((left + width - text_width(draw, high, font), text_top), high, fill=TEXT, font=font)
+
+
 def save_preview(
     path: str | Path,
     x_clean: np.ndarray,
@@ -242,7 +261,9 @@ def save_preview(
     row_labels = ["clean", "poisoned", "difference", f"max |d| = {peak_255:.3g}/255"]
     margin_left = max(text_width(probe, s, font) for s in row_labels) + 8
     margin_top = line_h * (2 if title else 1) + 2
-    canvas = Image.new("RGB", (margin_left + grid.shape[1], margin_top + grid.shape[0]), (BACKGROUND,) * 3)
+    margin_bottom = 2 * line_h + 14  # room for the difference row's colour scale below its labels
+    canvas = Image.new("RGB", (margin_left + grid.shape[1], margin_top + grid.shape[0] + margin_bottom),
+                       (BACKGROUND,) * 3)
     canvas.paste(Image.fromarray(grid), (margin_left, margin_top))
     draw = ImageDraw.Draw(canvas)
 
@@ -251,6 +272,8 @@ def save_preview(
     tile_h, tile_w = height * scale, width * scale
     label_ys = draw_row_labels(draw, row_labels[:3], font, top=margin_top, tile_h=tile_h, pad=pad)
     draw.text((4, label_ys[2] + line_h), row_labels[3], fill=TEXT, font=font)  # under "difference"
+    draw_difference_scale(canvas, draw, font, left=4, top=label_ys[2] + 2 * line_h + 2, width=margin_left - 12,
+                          peak_255=peak_255)
     # One header per class, spanning that class's columns.
     labels = y[idx]
     col = 0

@@ -150,3 +150,46 @@ def test_figures_are_pngs(tmp_path):
     for name in names:
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
     assert not list(tmp_path.glob(".*.tmp*"))
+
+
+def test_figure_titles_name_the_poison_and_one_seed_draws_no_error_bars(tmp_path, monkeypatch):
+    from defenses.evaluation import figures
+
+    results = make_store(tmp_path, [run("fnn", c, 0, f) for c, f in (("clean", 0.9), ("poisoned", 0.1))],
+                         seeds=1).results()
+    assert figures.poison_label(results) == "ntga (eps 0.3)"
+    manifest = {"method": "ntga", "kernel": "cnn", "norm": "linf", "eps": 8 / 255}
+    assert figures.poison_label({**results, "poison_manifest": manifest}) == "ntga (cnn kernel, linf eps 8/255)"
+    assert figures.poison_label({**results, "settings": {"mode": "clean"}}) is None
+    assert results["summary"]["fnn"]["clean"]["train_acc_curve_mean"] == [0.5, 0.6, 0.7]
+    drawn = {}
+    import matplotlib.axes
+
+    real_bar, real_title = matplotlib.axes.Axes.bar, matplotlib.axes.Axes.set_title
+
+    def bar(self, *args, **kwargs):
+        drawn.setdefault("yerr", []).append(kwargs.get("yerr"))
+        return real_bar(self, *args, **kwargs)
+
+    def set_title(self, text, *args, **kwargs):
+        drawn.setdefault("titles", []).append(text)
+        return real_title(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "bar", bar)
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_title", set_title)
+    figures.write_figures(results, tmp_path)
+    assert drawn["yerr"] == [None, None]
+    assert all("poisons: ntga (eps 0.3)" in t for t in drawn["titles"])
+    assert "one seed" in drawn["titles"][0] and "std" not in drawn["titles"][0]
+
+
+def test_results_from_before_the_recipe_fields_resume_with_their_implicit_values(tmp_path):
+    make_store(tmp_path, [run("fnn", "clean", 0, 0.9)])  # CONFIG has no nesterov/label_smoothing/warmup/tta
+    settings = {"mode": "poisons", "dataset_content_hash": "ab" * 32, "base_seed": 0, "train_config": {"epochs": 3}}
+    now = {**CONFIG, "nesterov": False, "label_smoothing": 0.0, "warmup": 0.0, "tta": "none"}
+    kwargs = dict(plan={"models": ["fnn"], "conditions": conditions(), "seeds": 2}, settings=settings)
+    ResultsStore.open(tmp_path, info={"models": {"fnn": {"train_config": now, "model_opts": {"width": 4}}}},
+                      resume=True, **kwargs)
+    with pytest.raises(UserInputError, match="tta: 'none' before, 'flip' now"):
+        ResultsStore.open(tmp_path, info={"models": {"fnn": {"train_config": {**now, "tta": "flip"},
+                                                             "model_opts": {"width": 4}}}}, resume=True, **kwargs)

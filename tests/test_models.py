@@ -28,11 +28,13 @@ TINY = {
     "densenet121": dict(width=4, stages=(1, 1, 1, 1)),
     "wrn": dict(depth=10, widen=1, width=4),
     "small-cnn": dict(width=4),
+    "fast-resnet": dict(width=4),
 }
 
 
 def test_registry_names_match_the_cli_contract():
-    assert list(MODELS) == ["fnn", "fnn-relu", "cnn", "resnet18", "densenet121", "wrn", "small-cnn"]
+    assert list(MODELS) == ["fnn", "fnn-relu", "cnn", "resnet18", "densenet121", "wrn", "small-cnn",
+                            "fast-resnet"]
     assert set(TINY) == set(MODELS)
 
 
@@ -110,7 +112,7 @@ def test_jit_and_eager_agree(key):
 
 @settings(max_examples=4, deadline=None)
 @given(h=st.integers(8, 20), w=st.integers(8, 20), c=st.sampled_from([1, 2, 3]),
-       name=st.sampled_from(["fnn", "cnn", "resnet18", "small-cnn"]))
+       name=st.sampled_from(["fnn", "cnn", "resnet18", "small-cnn", "fast-resnet"]))
 def test_any_image_size_from_8x8(h, w, c, name):
     module = get_model(name).build(4, **TINY[name])
     x = jnp.ones((2, h, w, c), jnp.float32)

@@ -207,7 +207,9 @@ _FACTORIES = (
     ),
     BreakerFactory(
         "adversarial-training",
-        "Adversarial training: each batch replaced by PGD examples against the victim's own loss.",
+        "Adversarial training: each batch replaced by PGD examples against the victim's own loss. "
+        "Needs long training to pay off (APBench: 200 epochs); in runs of a few epochs it costs "
+        "accuracy by itself, and each step costs steps + 1 forward-backward passes.",
         f"Madry et al. (ICLR 2018); {APBENCH} 'AT' (L-inf 8/255, 10 steps of 2/255)",
         (TOUCHES_BATCHES, TOUCHES_PROCEDURE),
         (
@@ -222,7 +224,8 @@ _FACTORIES = (
     BreakerFactory(
         "ueraser",
         "UEraser: plasma brightness/contrast, channel shuffle and TrivialAugment; "
-        "trains on the highest-loss of several draws.",
+        "trains on the highest-loss of several draws. Needs long training to pay off (APBench: 200 "
+        "epochs); in runs of a few epochs its strong augmentation costs accuracy by itself.",
         f"Qin et al. (2023), 'Learning the Unlearnable'; {APBENCH} 'UEraser-Max' (5 draws)",
         (TOUCHES_BATCHES, TOUCHES_PROCEDURE),
         (

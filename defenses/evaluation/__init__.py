@@ -21,7 +21,7 @@ atomic and resumable), ``report`` (aggregation, Markdown), ``figures``
 """
 
 from .figures import plot_bars, plot_curves, write_figures
-from .inputs import EvalData, load_clean, load_poisoned
+from .inputs import EvalData, is_poison_dir, load_clean, load_foreign_poisons, load_poisoned
 from .pipeline import Outcome, evaluate
 from .report import markdown, markdown_tables, summarize
 from .runs import Condition, Victim, check_victim, make_conditions, make_victims, parse_model_opts
@@ -29,6 +29,7 @@ from .store import ResultsStore
 
 __all__ = [
     "Condition", "EvalData", "Outcome", "ResultsStore", "Victim", "check_victim", "evaluate", "load_clean",
-    "load_poisoned", "make_conditions", "make_victims", "markdown", "markdown_tables", "parse_model_opts",
+    "load_poisoned", "load_foreign_poisons", "is_poison_dir", "make_conditions", "make_victims", "markdown",
+    "markdown_tables", "parse_model_opts",
     "plot_bars", "plot_curves", "summarize", "write_figures",
 ]

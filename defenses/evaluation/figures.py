@@ -1,10 +1,15 @@
 """Figures of an evaluation (matplotlib, Agg backend: no display needed).
 
 * ``accuracy_bars.png``: per victim, final and peak test accuracy per
-  condition (mean over seeds, error bars = sample std), with the clean and
-  poisoned final accuracy as reference lines.
-* ``accuracy_curves.png``: per victim, test accuracy per epoch (mean over
-  seeds), one line per condition.
+  condition (mean over seeds, error bars = sample std, none with one seed),
+  with the clean and poisoned final accuracy as reference lines.
+* ``accuracy_curves.png``: per victim, test accuracy (solid) and training
+  accuracy (dotted, same colour) per epoch, mean over seeds, one colour per
+  condition: training accuracy near 100% while test accuracy stays low is
+  the signature of an unlearnable dataset.
+
+Titles name the victim, the data and, for poisons, what made them (method,
+kernel, budget) as the poison manifest records it.
 """
 
 from __future__ import annotations
@@ -63,9 +68,28 @@ def _pct(values) -> np.ndarray:
     return np.array([np.nan if v is None else 100.0 * v for v in values], np.float64)
 
 
+def poison_label(results: Mapping[str, Any]) -> str | None:
+    """What made the poisons, e.g. "ntga (fnn kernel, linf eps 8/255)"; None for clean-only runs."""
+    if results["settings"].get("mode") != "poisons":
+        return None
+    m = results.get("poison_manifest") or {}
+    if not m:
+        names = [Path(part.strip()).name for part in str(results["data"].get("poisons", "")).split(",")]
+        return f"external poisons {','.join(names)}"
+    details = [f"{m['kernel']} kernel"] if m.get("kernel") else []
+    if isinstance(m.get("eps"), (int, float)):
+        eps = m["eps"]
+        levels = eps * 255
+        budget = f"{levels:.3g}/255" if abs(levels - round(levels)) < 1e-6 and eps < 1 else f"{eps:.3g}"
+        details.append(f"{m.get('norm', '')} eps {budget}".strip())
+    return f"{m.get('method', 'poisons')}" + (f" ({', '.join(details)})" if details else "")
+
+
 def _title(model: str, results: Mapping[str, Any]) -> str:
     data = results["data"]
-    return f"{model} on {data['dataset']} ({data['num_train']} train, {data['num_test']} test)"
+    what = poison_label(results)
+    return (f"{model} on {data['dataset']}" + (f", poisons: {what}" if what else "")
+            + f" ({data['num_train']} train, {data['num_test']} test)")
 
 
 def plot_bars(results: Mapping[str, Any], path: str | Path) -> Path:
@@ -82,7 +106,9 @@ def plot_bars(results: Mapping[str, Any], path: str | Path) -> Path:
         for offset, kind, colour in ((-0.2, "final", "tab:blue"), (0.2, "peak", "tab:orange")):
             means = _pct(r[f"{kind}_mean"] for r in rows)
             stds = np.nan_to_num(_pct(r[f"{kind}_std"] for r in rows))
-            ax.bar(x + offset, means, 0.4, yerr=stds, capsize=3, color=colour, label=f"{kind} test accuracy")
+            spread = max(r["n"] for r in rows) > 1  # one seed has no spread: draw no error bars
+            ax.bar(x + offset, means, 0.4, yerr=stds if spread else None, capsize=3, color=colour,
+                   label=f"{kind} test accuracy")
             for xi, m, sd in zip(x + offset, means, stds):
                 if np.isfinite(m):  # above the error bar, so the two never overlap
                     ax.annotate(f"{m:.1f}", (xi, m + sd), textcoords="offset points", xytext=(0, 2),
@@ -97,14 +123,15 @@ def plot_bars(results: Mapping[str, Any], path: str | Path) -> Path:
         ax.set_yticks(np.arange(0, 101, 20))
         ax.set_ylabel("test accuracy (%)")
         n = max(r["n"] for r in rows)
-        ax.set_title(f"{_title(model, results)}; mean ± std over {n} seed{'s' if n > 1 else ''}", fontsize=9)
+        seeds = f"mean ± std over {n} seeds" if n > 1 else "one seed"
+        ax.set_title(f"{_title(model, results)}; {seeds}", fontsize=9)
         ax.legend(fontsize=7, loc="upper center", ncol=4, frameon=False)
         ax.grid(axis="y", alpha=0.3)
     return _save(plt, fig, path)
 
 
 def plot_curves(results: Mapping[str, Any], path: str | Path) -> Path:
-    """Test accuracy per epoch (mean over seeds), one line per condition, one panel per victim."""
+    """Test (solid) and training (dotted) accuracy per epoch, mean over seeds, one colour per condition."""
     plt = _pyplot()
     summary = results["summary"]
     models = list(summary)
@@ -115,11 +142,16 @@ def plot_curves(results: Mapping[str, Any], path: str | Path) -> Path:
             epochs = np.arange(1, len(curve) + 1)
             seen = np.isfinite(curve)  # epochs skipped by --eval-every are not drawn
             style = "--" if row["data"] == "clean" and row["breaker"] is None else "-"
+            colour = plt.cm.tab10(i % 10)
             ax.plot(epochs[seen], curve[seen], style, marker="o" if seen.sum() < 15 else None, markersize=3,
-                    color=plt.cm.tab10(i % 10), label=_wrap(row["label"]))
+                    color=colour, label=_wrap(row["label"]))
+            train = _pct(row.get("train_acc_curve_mean") or [])
+            if train.size and np.isfinite(train).any():
+                ax.plot(np.arange(1, len(train) + 1), train, ":", color=colour, linewidth=1)
+        ax.plot([], [], ":", color="grey", linewidth=1, label="(dotted: training accuracy)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
-        ax.set_ylabel("test accuracy (%), mean over seeds")
+        ax.set_ylabel("accuracy (%), mean over seeds")
         ax.set_ylim(0, 100)
         ax.set_title(_title(model, results), fontsize=9)
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from ntga.data import Dataset, Split, load_dataset, make_split
+from ntga.data.load import parse_spec
 from ntga.data.limits import DecodeLimits
 from ntga.errors import UserInputError
 from ntga.poisondir import X_FILE, Y_FILE, PoisonSet, read_poison_dir
@@ -185,3 +186,176 @@ def load_clean(split: Split) -> EvalData:
     return EvalData(x_clean=split.x_train, y_clean=split.y_train, x_poison=None, y_poison=None,
                     x_test=split.x_test, y_test=split.y_test, num_classes=ds.num_classes, dataset=ds,
                     identity=identity, describe=describe)
+
+
+# --- poisons made by other tools ---------------------------------------------------------
+
+FOREIGN_FORMS = ("a poison directory written by ntga.generate", "IMAGES.npy,LABELS.npy (a pair of .npy files)",
+                 "a dataset spec whose training split holds the poisoned images (e.g. folder:PATH, npz:FILE)")
+
+
+def is_poison_dir(source: str | Path) -> bool:
+    """Whether ``source`` is a folder with a poison-directory manifest (else: a foreign source)."""
+    path = Path(source)
+    return path.is_dir() and (path / "manifest.json").is_file()
+
+
+def _foreign_images(x: Any, where: str, shape: tuple[int, ...]) -> tuple[np.ndarray, dict[str, Any]]:
+    """Poisoned images as uint8 [N, H, W, C]; floats in [0, 1] are rounded to the nearest level."""
+    x = np.asarray(x)
+    if x.ndim == 3 and len(shape) == 3 and shape[-1] == 1:
+        x = x[..., None]
+    if x.ndim != 4 or tuple(x.shape[1:]) != tuple(shape):
+        raise UserInputError(f"{where}: images of shape {x.shape} do not match the clean dataset's "
+                             f"[N, {', '.join(map(str, shape))}]")
+    if x.shape[0] == 0:
+        raise UserInputError(f"{where}: no images")
+    if x.dtype == np.uint8:
+        return x, {"pixels": "uint8"}
+    if not np.issubdtype(x.dtype, np.floating):
+        raise UserInputError(f"{where}: images must be uint8 in [0, 255] or float in [0, 1], got dtype {x.dtype}")
+    lo, hi = float(np.min(x)), float(np.max(x))
+    if not (np.isfinite(lo) and np.isfinite(hi)) or lo < -1e-6 or hi > 1 + 1e-6:
+        raise UserInputError(f"{where}: float images must lie in [0, 1], found [{lo:g}, {hi:g}]"
+                             + (" (divide by 255 first?)" if hi <= 255 and hi > 1 else ""))
+    out, change = np.empty(x.shape, np.uint8), 0.0
+    for start in range(0, len(x), 4096):  # chunks: no float64 copy of a whole CIFAR-sized array
+        levels = np.clip(np.asarray(x[start:start + 4096], np.float64) * 255.0, 0, 255)
+        rounded = np.rint(levels)
+        change = max(change, float(np.max(np.abs(rounded - levels))) / 255.0)
+        out[start:start + 4096] = rounded.astype(np.uint8)
+    return out, {"pixels": f"float {x.dtype}, rounded to uint8 (largest change {change:.2g})"}
+
+
+def _foreign_labels(y: Any, where: str, n: int, num_classes: int) -> np.ndarray:
+    """int64 [N] labels from int labels [N] or one-hot / probability rows [N, k]."""
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[0] == n and y.shape[1] == num_classes:
+        rows = np.asarray(y, np.float64)
+        top = rows.max(axis=1, keepdims=True)
+        if not np.all(np.isfinite(rows)) or np.any(top <= 0) or np.any((rows == top).sum(axis=1) != 1):
+            raise UserInputError(f"{where}: label rows [{n}, {num_classes}] must each have one largest, positive "
+                                 "entry (one-hot or class probabilities)")
+        y = np.argmax(rows, axis=1)
+    if y.ndim != 1 or y.shape[0] != n:
+        raise UserInputError(f"{where}: labels of shape {y.shape} do not fit the {n} images (expected [{n}] "
+                             f"or one-hot [{n}, {num_classes}])")
+    if not np.issubdtype(y.dtype, np.integer):
+        if not np.issubdtype(y.dtype, np.floating) or not np.all(np.isfinite(y)) or np.any(y != np.rint(y)):
+            raise UserInputError(f"{where}: labels must be integer classes, got dtype {y.dtype}")
+    y = y.astype(np.int64)
+    if y.min() < 0 or y.max() >= num_classes:
+        raise UserInputError(f"{where}: labels lie in [{y.min()}, {y.max()}], the clean dataset has "
+                             f"{num_classes} classes [0, {num_classes - 1}]")
+    return y
+
+
+def _load_npy(path_text: str) -> np.ndarray:
+    path = Path(path_text).expanduser()
+    if path.suffix != ".npy":
+        raise UserInputError(f"{path_text!r} is not a .npy file; accepted --poisons forms: " + "; ".join(FOREIGN_FORMS))
+    if not path.is_file():
+        raise UserInputError(f"{path_text}: no such file")
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as err:  # object arrays need pickle, which is never used here
+        raise UserInputError(f"{path_text}: cannot be read without unpickling ({err}); save it as a plain "
+                             "numeric array") from None
+    except OSError as err:
+        raise UserInputError(f"{path_text}: not a readable .npy file ({err})") from None
+
+
+def class_matched_subset(labels: np.ndarray, wanted: np.ndarray, num_classes: int, seed: int,
+                         what: str) -> np.ndarray:
+    """Indices into ``labels`` with exactly the class counts of ``wanted``, drawn with ``seed``, sorted."""
+    need = np.bincount(wanted, minlength=num_classes)
+    perm = np.random.default_rng([seed, 2]).permutation(len(labels))
+    chosen = []
+    for c in range(num_classes):
+        pool = perm[labels[perm] == c]
+        if len(pool) < need[c]:
+            raise UserInputError(f"the poisons have {need[c]} images of class {c}, but {what} has only "
+                                 f"{len(pool)}: the clean baseline cannot match them")
+        chosen.append(pool[:need[c]])
+    return np.sort(np.concatenate(chosen)).astype(np.int64)
+
+
+def _is_dataset_spec(text: str) -> bool:
+    try:
+        parse_spec(text)
+    except UserInputError:
+        return False
+    return True
+
+
+def load_foreign_poisons(source: str, *, dataset: str | None, test_size: int | None = None, seed: int = 0,
+                         cache_dir: str | Path | None = None, use_cache: bool = True,
+                         limits: DecodeLimits | None = None) -> EvalData:
+    """Poisons made by another tool, evaluated against the clean dataset ``dataset``.
+
+    Args:
+        source: ``IMAGES.npy,LABELS.npy`` (uint8 [N, H, W, C] or float in [0, 1]; int labels [N]
+            or one-hot [N, k]; read without pickle), or a dataset spec whose *training* split
+            holds the poisoned images (e.g. an APBench export as ``folder:PATH``).
+        dataset: the clean dataset (required): its test split is the test set, and the clean
+            baseline trains on its training images.
+        test_size, seed: stratified test subset and seed, as for poison directories.
+
+    Which clean image each poison came from is unknown, so the clean baseline is
+    the whole clean training split when the sizes agree, and otherwise a seeded
+    random subset of it with exactly the poisons' class counts; the results say so.
+
+    Raises:
+        UserInputError: no ``--dataset``, unreadable files, images or labels that do not
+            fit the clean dataset.
+    """
+    if Path(source).is_dir():
+        raise UserInputError(f"--poisons {source} is a folder without manifest.json, so not a poison directory "
+                             "written by ntga.generate; for a folder of poisoned images write folder:PATH (and "
+                             "--dataset SPEC for the clean data)")
+    parts = [p.strip() for p in source.split(",")]
+    is_pair = len(parts) == 2 and all(p.endswith(".npy") for p in parts)
+    if not is_pair and not (len(parts) == 1 and _is_dataset_spec(source)):
+        where = "does not exist" if not Path(source).exists() else "is not understood"
+        raise UserInputError(f"--poisons {source!r} {where}; accepted forms: " + "; ".join(FOREIGN_FORMS))
+    if dataset is None:
+        raise UserInputError(f"--poisons {source} is not a poison directory (no manifest.json), so --dataset "
+                             "SPEC is required: the clean data whose test split is the test set and whose training "
+                             "images are the clean baseline")
+    ds = load_dataset(dataset, cache_dir=cache_dir, use_cache=use_cache, limits=limits)
+    if is_pair:
+        where = source
+        x_raw, y_raw = _load_npy(parts[0]), _load_npy(parts[1])
+        origin = "npy"
+    else:
+        poisoned = load_dataset(source, cache_dir=cache_dir, use_cache=use_cache, limits=limits)
+        where, origin = f"{source} (training split)", "dataset"
+        x_raw, y_raw = poisoned.x_train, poisoned.y_train
+    x, pixels = _foreign_images(x_raw, where, ds.image_shape)
+    y = _foreign_labels(y_raw, where, len(x), ds.num_classes)
+    if len(x) == len(ds.x_train):
+        train_idx = np.arange(len(ds.x_train), dtype=np.int64)
+        baseline = f"the whole training split of {ds.spec} (the poisons' source indices are unknown)"
+    else:
+        train_idx = class_matched_subset(ds.y_train, y, ds.num_classes, seed, f"{ds.spec}'s training split")
+        baseline = (f"a random subset of {ds.spec}'s training split with the poisons' class counts (seed {seed}); "
+                    "the poisons' source indices are unknown")
+    split = Split(ds, train_idx, np.zeros(0, np.int64), _test_split(ds, test_size, seed), seed)
+    identity = {
+        "mode": "poisons",
+        "poisons_source": "external",
+        "dataset_content_hash": ds.content_hash,
+        "poison_x_sha256": hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest(),
+        "poison_y_sha256": hashlib.sha256(np.ascontiguousarray(y).tobytes()).hexdigest(),
+        "train_indices_sha256": digest(split.train_idx),
+        "test_indices_sha256": digest(split.test_idx),
+    }
+    describe = {
+        "poisons": source, "poisons_format": origin, "dataset": ds.spec, "image_shape": list(ds.image_shape),
+        "num_train": int(len(x)), "num_test": int(len(split.test_idx)), "test_size": test_size,
+        "num_classes": ds.num_classes, "source_indices": "unknown", "clean_baseline": baseline,
+        "poison_pixels": pixels["pixels"],
+    }
+    return EvalData(x_clean=split.x_train, y_clean=split.y_train, x_poison=x, y_poison=y, x_test=split.x_test,
+                    y_test=split.y_test, num_classes=ds.num_classes, dataset=ds, identity=identity,
+                    describe=describe, poison_manifest={})

@@ -87,6 +87,7 @@ def summarize(runs: Sequence[Mapping[str, Any]], models: Sequence[str],
                 "peak_epoch_mean": float(np.mean([r["peak_epoch"] for r in mine])),
                 "wall_time_s_mean": float(np.mean([r["wall_time_s"] for r in mine])),
                 "test_acc_curve_mean": _curve_mean([r["test_acc_curve"] for r in mine]),
+                "train_acc_curve_mean": _curve_mean([r.get("train_acc_curve", []) for r in mine]),
             }
         clean, poisoned = rows.get("clean", {}), rows.get("poisoned", {})
         for row in rows.values():
@@ -121,12 +122,17 @@ def _gap_text(row: Mapping[str, Any], kind: str, has_gap: bool) -> str:
 def _recipe(config: Mapping[str, Any]) -> str:
     parts = [f"{config['optimizer']} lr {config['lr']:g}"]
     if config["optimizer"] == "sgd" and config.get("momentum"):
-        parts.append(f"momentum {config['momentum']:g}")
+        parts.append(f"{'Nesterov ' if config.get('nesterov') else ''}momentum {config['momentum']:g}")
     if config.get("weight_decay"):
         parts.append(f"wd {config['weight_decay']:g}")
-    parts += [f"{config['schedule']} schedule", f"{config['loss']} loss",
-              "crop+flip" if config["augment"] else "no augmentation",
+    warmup = f" after {100 * config['warmup']:g}% warm-up" if config.get("warmup") else ""
+    parts += [f"{config['schedule']} schedule{warmup}", f"{config['loss']} loss"]
+    if config.get("label_smoothing"):
+        parts.append(f"label smoothing {config['label_smoothing']:g}")
+    parts += ["crop+flip" if config["augment"] else "no augmentation",
               f"{config['epochs']} epochs", f"batch {config['batch_size']}"]
+    if config.get("tta") not in (None, "none"):
+        parts.append(f"{config['tta']} test-time augmentation")
     if not config.get("standardize", True):
         parts.append("raw [0, 1] inputs (no standardisation)")
     return ", ".join(parts)
@@ -140,6 +146,10 @@ def _header(results: Mapping[str, Any]) -> list[str]:
         gen = ", ".join(f"{k} {m[k]:.4g}" if isinstance(m[k], float) else f"{k} {m[k]}"
                         for k in ("method", "kernel", "norm", "eps", "t", "steps") if k in m)
         lines.append(f"Poisons: `{data['poisons']}` ({gen or 'no generation settings recorded'}).  ")
+        if data.get("source_indices") == "unknown":
+            lines.append(f"Made by another tool ({data.get('poison_pixels', 'pixels as given')}); which clean "
+                         f"image each poison came from is unknown, so the clean baseline trains on "
+                         f"{data['clean_baseline']}.  ")
     lines.append(f"Dataset: `{data['dataset']}` (content hash {settings['dataset_content_hash'][:12]}), "
                  f"{data['num_train']} training images, {data['num_test']} test images, "
                  f"{'x'.join(map(str, data['image_shape']))}.  ")

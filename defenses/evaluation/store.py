@@ -24,6 +24,17 @@ from .report import summarize
 RESULTS = "results.json"
 FORMAT = "defenses.evaluate/1"
 _MODEL_KEYS = ("train_config", "model_opts")  # per-victim settings a resumed run must share
+# Recipe fields added after results files were first written, with the value they implicitly had
+# then, so such a file can still be resumed with the same recipe.
+_LATER_TRAIN_FIELDS = {"nesterov": False, "label_smoothing": 0.0, "warmup": 0.0, "tta": "none"}
+
+
+def _with_later_fields(model_info: Mapping[str, Any]) -> dict[str, Any]:
+    """The per-victim settings to compare, recipe fields missing from older files filled in."""
+    out = {k: model_info.get(k) for k in _MODEL_KEYS}
+    if isinstance(out["train_config"], dict):
+        out["train_config"] = {**_LATER_TRAIN_FIELDS, **out["train_config"]}
+    return out
 
 
 def _now() -> str:
@@ -76,8 +87,8 @@ def _resumed(path: Path, settings: dict[str, Any], plan: dict[str, Any], info: d
     for model, new_info in info.get("models", {}).items():
         old_info = old.get("models", {}).get(model)
         if old_info is not None:
-            _refuse_changes(path, f"{model} was trained with", {k: old_info.get(k) for k in _MODEL_KEYS},
-                            {k: new_info.get(k) for k in _MODEL_KEYS}, f"{model}.")
+            _refuse_changes(path, f"{model} was trained with", _with_later_fields(old_info),
+                            _with_later_fields(new_info), f"{model}.")
     merged = {
         "models": _merge_list(old["plan"]["models"], plan["models"]),
         "conditions": _merge_list(old["plan"]["conditions"], plan["conditions"], key=lambda c: c["id"]),

@@ -22,7 +22,8 @@ LossFn = Callable[[Array, Array], Array]
 InputLoss = Callable[..., Array]
 
 OPTIMIZERS = ("sgd", "adam")
-SCHEDULES = ("cosine", "constant")
+SCHEDULES = ("cosine", "linear", "constant")
+TTAS = ("none", "flip")  # test-time augmentation: logits averaged over the listed views
 
 
 def cross_entropy(logits: Array, targets: Array) -> Array:
@@ -54,11 +55,19 @@ class TrainConfig:
         lr: peak learning rate.
         momentum: SGD momentum (0 = plain SGD).
         weight_decay: coupled L2 weight decay.
-        schedule: "cosine" (to 0 over all steps) | "constant" | None.
+        schedule: "cosine" (to 0 over all steps) | "linear" (to 0) | "constant" | None.
         augment: random crop + horizontal flip.
         loss: "ce" | "mse" | None.
         standardize: per-channel standardisation with training-set statistics.
         eval_every: evaluate the test set every this many epochs (and after the last).
+        nesterov: Nesterov momentum (SGD only).
+        label_smoothing: share of each target's mass spread evenly over the classes, in [0, 1),
+            for the configured loss only (a breaker's replacement loss and adversarial
+            examples use the hard targets).
+        warmup: share of the steps over which the learning rate rises linearly from 0 to its
+            peak before the schedule's decay, in [0, 1); at least one step is left after it.
+        tta: test-time augmentation, "none" | "flip" (logits averaged over the image and its
+            mirror image) | None. Evaluation only: training never sees it.
     """
 
     epochs: int = 30
@@ -72,11 +81,20 @@ class TrainConfig:
     loss: str | None = None
     standardize: bool = True
     eval_every: int = 1
+    nesterov: bool | None = None
+    label_smoothing: float | None = None
+    warmup: float | None = None
+    tta: str | None = None
 
     def __post_init__(self):
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("schedule", self.schedule, SCHEDULES)
         _check_choice("loss", self.loss, tuple(LOSSES))
+        _check_choice("tta", self.tta, TTAS)
+        for name in ("label_smoothing", "warmup"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < 1:
+                raise UserInputError(f"{name} must be in [0, 1), got {value}")
         for name in ("epochs", "batch_size", "eval_every"):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or value < 1:
@@ -92,7 +110,8 @@ class TrainConfig:
         """A copy with every ``None`` replaced by ``spec``'s default."""
         defaults = dict(optimizer=spec.optimizer, lr=spec.lr, momentum=spec.momentum,
                         weight_decay=spec.weight_decay, schedule=spec.schedule,
-                        augment=spec.augment, loss=spec.loss)
+                        augment=spec.augment, loss=spec.loss, nesterov=spec.nesterov,
+                        label_smoothing=spec.label_smoothing, warmup=spec.warmup, tta=spec.tta)
         return dataclasses.replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
 
 

@@ -17,6 +17,8 @@ from ..models import MIN_IMAGE_SIZE, get_model
 from .config import Array, TrainConfig, TrainHooks, TrainResult
 from .step import make_eval_step, make_optimizer, make_train_step
 
+DATA_INIT_IMAGES = 10_000  # training images a data-dependent init (whitening) looks at
+
 
 def _check_images(name: str, x: Any) -> np.ndarray:
     x = np.asarray(x)
@@ -87,12 +89,21 @@ def _run(model_name, x_train, y_train, x_test, y_test, config, keys, hooks, prog
     mean, std = (jnp.asarray(a) for a in aug.channel_stats(x_train))
     n, bsz = x_train.shape[0], cfg.batch_size
     steps = n // bsz
-    tx = make_optimizer(cfg, cfg.epochs * steps)
+    tx = make_optimizer(cfg, cfg.epochs * steps, spec)
     n_seeds = keys.shape[0]
+    # A data-dependent init (fast-resnet's whitening layer) sees the training images as the
+    # model will: in pixel units, standardised when the config standardises.
+    x_init = None
+    if spec.data_init is not None:
+        x_init = np.asarray(aug.to_unit_float(jnp.asarray(x_train[:DATA_INIT_IMAGES])))
+        if cfg.standardize:
+            x_init = np.asarray(aug.standardize(jnp.asarray(x_init), mean, std))
 
     def init(key):
         x0 = jnp.zeros((1, *x_train.shape[1:]), jnp.float32)
         variables = module.init({"params": key, "dropout": key}, x0, train=False)
+        if x_init is not None:
+            variables = spec.data_init(variables, x_init)  # numpy at trace time: the same for every seed
         params = variables["params"]
         return dict(params=params, batch_stats=variables.get("batch_stats", {}),
                     opt_state=tx.init(params), step=jnp.zeros((), jnp.int32))

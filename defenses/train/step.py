@@ -17,18 +17,69 @@ from ..models import ModelSpec
 from .config import LOSSES, Array, TrainConfig, TrainHooks
 
 
-def make_optimizer(cfg: TrainConfig, total_steps: int) -> optax.GradientTransformation:
-    """The optax transform of a resolved config (schedule over ``total_steps``)."""
-    if cfg.schedule == "cosine":
-        lr = optax.cosine_decay_schedule(cfg.lr, decay_steps=max(total_steps, 1))
-    else:
-        lr = cfg.lr
+def _schedule(cfg: TrainConfig, total_steps: int):
+    """The learning rate per step: an optional linear warm-up from 0, then the configured decay."""
+    total = max(total_steps, 1)
+    # At least one step after the warm-up, so even a one-step run trains.
+    warm = min(int(round((cfg.warmup or 0.0) * total)), total - 1)
+    if cfg.schedule == "cosine" and not warm:
+        return optax.cosine_decay_schedule(cfg.lr, decay_steps=total)
+    if cfg.schedule == "constant" and not warm:
+        return cfg.lr
+    decay = {"cosine": lambda n: optax.cosine_decay_schedule(cfg.lr, decay_steps=n),
+             "linear": lambda n: optax.linear_schedule(cfg.lr, 0.0, transition_steps=n),
+             "constant": lambda n: optax.constant_schedule(cfg.lr)}[cfg.schedule]
+    if not warm:
+        return decay(total)
+    return optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, transition_steps=warm),
+                                 decay(max(total - warm, 1))], [warm])
+
+
+def _scaled(schedule, factor: float):
+    return schedule * factor if not callable(schedule) else (lambda step: schedule(step) * factor)
+
+
+def _base_optimizer(cfg: TrainConfig, lr, weight_decay: float) -> optax.GradientTransformation:
     if cfg.optimizer == "sgd":
-        opt = optax.sgd(lr, momentum=cfg.momentum or None)
+        opt = optax.sgd(lr, momentum=cfg.momentum or None, nesterov=bool(cfg.nesterov and cfg.momentum))
     else:
         opt = optax.adam(lr)
     # Coupled L2 (added to the gradient before momentum), as PyTorch's SGD does.
-    return optax.chain(optax.add_decayed_weights(cfg.weight_decay), opt) if cfg.weight_decay else opt
+    return optax.chain(optax.add_decayed_weights(weight_decay), opt) if weight_decay else opt
+
+
+def param_groups(params, spec: ModelSpec | None):
+    """Per-parameter labels, "frozen" | "norm_bias" | "default", from the spec's predicates."""
+    def label(path, _):
+        names = tuple(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+        if spec is not None and spec.is_frozen is not None and spec.is_frozen(names):
+            return "frozen"
+        if spec is not None and spec.is_norm_bias is not None and spec.is_norm_bias(names):
+            return "norm_bias"
+        return "default"
+
+    return jax.tree_util.tree_map_with_path(label, params)
+
+
+def make_optimizer(cfg: TrainConfig, total_steps: int, spec: ModelSpec | None = None
+                   ) -> optax.GradientTransformation:
+    """The optax transform of a resolved config (schedule over ``total_steps``).
+
+    With ``spec``, its parameter groups apply: parameters ``spec.is_frozen``
+    marks are never updated (no step, no decay, no momentum), and with SGD
+    those ``spec.is_norm_bias`` marks train with ``spec.norm_bias_lr_scale``
+    times the learning rate and the same absolute weight decay per step (their
+    coupled decay is divided by the scale). Adam normalises its steps, so it
+    keeps one learning rate for every trained parameter.
+    """
+    lr = _schedule(cfg, total_steps)
+    base = _base_optimizer(cfg, lr, cfg.weight_decay)
+    if spec is None or (spec.is_frozen is None and spec.is_norm_bias is None):
+        return base
+    scale = spec.norm_bias_lr_scale if cfg.optimizer == "sgd" else 1.0
+    groups = {"default": base, "frozen": optax.set_to_zero(),
+              "norm_bias": _base_optimizer(cfg, _scaled(lr, scale), cfg.weight_decay / scale)}
+    return optax.multi_transform(groups, lambda params: param_groups(params, spec))
 
 
 def _targets(y: Array, num_classes: int) -> Array:
@@ -50,6 +101,12 @@ def make_train_step(module, spec: ModelSpec, cfg: TrainConfig, tx, num_classes: 
     hooks = hooks or TrainHooks()
     loss_of = hooks.loss_fn or LOSSES[cfg.loss]
     bn = spec.batch_norm
+    # Label smoothing belongs to the configured loss: a breaker's replacement loss (APL) and the
+    # adversarial inner loss (PGD, UEraser-Max) see the hard targets, as their papers define them.
+    smoothing = 0.0 if hooks.loss_fn is not None else float(cfg.label_smoothing or 0.0)
+
+    def smooth(targets):
+        return targets * (1.0 - smoothing) + smoothing / num_classes if smoothing else targets
 
     def forward(params, batch_stats, x, train, dropout_key):
         if cfg.standardize:
@@ -82,10 +139,11 @@ def make_train_step(module, spec: ModelSpec, cfg: TrainConfig, tx, num_classes: 
             raise UserInputError(f"a breaker hook changed the batch shape from {shape} to {x.shape}")
         targets = _targets(y, num_classes)
         x = x.astype(jnp.float32)
+        fit_targets = smooth(targets)
 
         def objective(params):
             logits, updates = forward(params, state["batch_stats"], x, True, k_drop)
-            return loss_of(logits, targets).mean(), (logits, updates)
+            return loss_of(logits, fit_targets).mean(), (logits, updates)
 
         (loss, (logits, updates)), grads = jax.value_and_grad(objective, has_aux=True)(state["params"])
         changes, opt_state = tx.update(grads, state["opt_state"], state["params"])
@@ -98,15 +156,23 @@ def make_train_step(module, spec: ModelSpec, cfg: TrainConfig, tx, num_classes: 
     return step
 
 
+def tta_logits(apply, x: Array, tta: str | None) -> Array:
+    """Logits of ``apply`` averaged over the test-time views ``tta`` names (see ``TTAS``)."""
+    logits = apply(x).astype(jnp.float32)
+    if tta == "flip":
+        logits = 0.5 * (logits + apply(x[:, :, ::-1]).astype(jnp.float32))
+    return logits
+
+
 def make_eval_step(module, spec: ModelSpec, cfg: TrainConfig, mean: Array, std: Array):
-    """Pure ``eval_step(state, x [B,...] raw, y [B], mask [B] bool) -> number correct``."""
+    """Pure ``eval_step(state, x [B,...] raw, y [B], mask [B] bool) -> number correct`` (with ``cfg.tta``)."""
 
     def eval_step(state, x, y, mask):
         x = aug.to_unit_float(x)
         if cfg.standardize:
             x = aug.standardize(x, mean, std)
         variables = {"params": state["params"], **({"batch_stats": state["batch_stats"]} if spec.batch_norm else {})}
-        logits = module.apply(variables, x, train=False)
+        logits = tta_logits(lambda v: module.apply(variables, v, train=False), x, cfg.tta)
         return jnp.sum((jnp.argmax(logits, -1) == y) & mask)
 
     return eval_step

@@ -78,6 +78,7 @@ from tqdm.auto import tqdm
 
 from defenses.augment import channel_stats, standardize
 from defenses.models import MODELS, get_model
+from ntga.methods.surrogate import refuse_victim_only
 from ntga import workfiles
 from ntga.attack import quantize_to_budget, to_float
 from ntga.errors import UserInputError
@@ -307,6 +308,7 @@ def protect_sep(task: ProtectTask, config: SepConfig, key: jax.Array) -> Protect
         raise UserInputError(f"target_shift {shift} is a multiple of the {k} classes: the target would be "
                              "the true label; accepted: any integer not divisible by K")
     spec = get_model(config.surrogate)
+    refuse_victim_only(config.surrogate, spec)
     overrides = {} if config.surrogate_width is None else {"width": int(config.surrogate_width)}
     module = spec.build(k, **overrides)
     x_train = np.concatenate([task.x, task.x_rest])

@@ -101,9 +101,18 @@ def make_surrogate(name: str, num_classes: int, *, overrides: Mapping[str, Any] 
                   int(batch_size))
 
 
+def refuse_victim_only(name: str, spec) -> None:
+    """Surrogates train with the methods' own loops, which do not yet apply a victim-only recipe."""
+    if spec.needs_victim_trainer:
+        raise UserInputError(f"{name} cannot be a surrogate yet: its recipe (a whitening layer fitted to the "
+                             "training data, frozen parameters, per-group learning rates) is applied only by the "
+                             "victim trainer; choose another surrogate, e.g. small-cnn or resnet18")
+
+
 @functools.lru_cache(maxsize=16)
 def _build(name, num_classes, overrides, lr, total_steps, batch_size) -> Surrogate:
     spec = get_model(name)
+    refuse_victim_only(name, spec)
     module = spec.build(num_classes, **dict(overrides))
     schedule = "constant" if total_steps is None else None
     cfg = TrainConfig(batch_size=batch_size, lr=lr, schedule=schedule, augment=False).resolved(spec)
