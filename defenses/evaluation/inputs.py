@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from ntga.attack import to_float, to_uint8
 from ntga.data import Dataset, Split, load_dataset, make_split
 from ntga.data.load import parse_spec
 from ntga.data.limits import DecodeLimits
@@ -220,10 +221,9 @@ def _foreign_images(x: Any, where: str, shape: tuple[int, ...]) -> tuple[np.ndar
                              + (" (divide by 255 first?)" if hi <= 255 and hi > 1 else ""))
     out, change = np.empty(x.shape, np.uint8), 0.0
     for start in range(0, len(x), 4096):  # chunks: no float64 copy of a whole CIFAR-sized array
-        levels = np.clip(np.asarray(x[start:start + 4096], np.float64) * 255.0, 0, 255)
-        rounded = np.rint(levels)
-        change = max(change, float(np.max(np.abs(rounded - levels))) / 255.0)
-        out[start:start + 4096] = rounded.astype(np.uint8)
+        part = np.clip(np.asarray(x[start:start + 4096], np.float64), 0.0, 1.0)
+        out[start:start + 4096] = to_uint8(part)
+        change = max(change, float(np.max(np.abs(to_float(out[start:start + 4096], np.float64) - part))))
     return out, {"pixels": f"float {x.dtype}, rounded to uint8 (largest change {change:.2g})"}
 
 

@@ -117,7 +117,7 @@ class FastResNet(nn.Module):
 
         if self.width < 1 or self.depth < 0:
             raise UserInputError(f"fast-resnet needs width >= 1 and depth >= 0, got width={self.width}, "
-                             f"depth={self.depth}")
+                                 f"depth={self.depth}")
         for i, mult in enumerate(STAGE_MULTIPLIERS):
             width = self.width * mult
             x = conv(width, f"stage{i}_conv0")(x)

@@ -22,15 +22,13 @@ def _schedule(cfg: TrainConfig, total_steps: int):
     total = max(total_steps, 1)
     # At least one step after the warm-up, so even a one-step run trains.
     warm = min(int(round((cfg.warmup or 0.0) * total)), total - 1)
-    if cfg.schedule == "cosine" and not warm:
-        return optax.cosine_decay_schedule(cfg.lr, decay_steps=total)
-    if cfg.schedule == "constant" and not warm:
-        return cfg.lr
     decay = {"cosine": lambda n: optax.cosine_decay_schedule(cfg.lr, decay_steps=n),
              "linear": lambda n: optax.linear_schedule(cfg.lr, 0.0, transition_steps=n),
              "constant": lambda n: optax.constant_schedule(cfg.lr)}[cfg.schedule]
     if not warm:
-        return decay(total)
+        # A constant rate stays a plain float: the optimizer state (and saved checkpoints) keep
+        # the structure they had before schedules could warm up.
+        return cfg.lr if cfg.schedule == "constant" else decay(total)
     return optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, transition_steps=warm),
                                  decay(max(total - warm, 1))], [warm])
 
@@ -48,13 +46,13 @@ def _base_optimizer(cfg: TrainConfig, lr, weight_decay: float) -> optax.Gradient
     return optax.chain(optax.add_decayed_weights(weight_decay), opt) if weight_decay else opt
 
 
-def param_groups(params, spec: ModelSpec | None):
+def param_groups(params, spec: ModelSpec):
     """Per-parameter labels, "frozen" | "norm_bias" | "default", from the spec's predicates."""
     def label(path, _):
         names = tuple(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
-        if spec is not None and spec.is_frozen is not None and spec.is_frozen(names):
+        if spec.is_frozen is not None and spec.is_frozen(names):
             return "frozen"
-        if spec is not None and spec.is_norm_bias is not None and spec.is_norm_bias(names):
+        if spec.is_norm_bias is not None and spec.is_norm_bias(names):
             return "norm_bias"
         return "default"
 
