@@ -10,7 +10,9 @@ MNIST at full scale with the reference's settings and real 10-step PGD::
 
 Defaults follow the reference (Yuan & Wu, ICML 2021) by image type: greyscale
 datasets get MNIST's settings (eps 0.3, t 64), colour ones CIFAR-10's (eps 8/255,
-t 4096 for fnn and 8 for cnn). All logic lives in :mod:`ntga.pipeline`.
+t 4096 for fnn and 8 for cnn). Every method, NTGA included, runs through the one
+driver :func:`ntga.run.driver.generate`; this module only turns flags into the
+method's config.
 """
 
 from __future__ import annotations
@@ -26,8 +28,10 @@ from ntga.errors import UserInputError, run_cli
 
 from ntga.methods import METHOD_NAMES as METHODS
 
-# Flags that only NTGA's pipeline reads; other methods take --method-opt.
-NTGA_ONLY = ("kernel", "kernel_opt", "random_start", "t", "block_size", "target_chunk", "dtype", "shard")
+# Flags that only NTGA reads (each sets the NTGAConfig field of its name); other methods take --method-opt.
+NTGA_ONLY = ("kernel", "kernel_opt", "random_start", "t", "block_size", "target_chunk", "dtype")
+# Flags every method may have a config field for.
+SHARED = ("eps", "norm", "steps", "step_size")
 
 
 def parse_fraction(text: str, flag: str) -> float:
@@ -80,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output directory, required (new or empty, or this tool's run with --resume)")
     p.add_argument("--method", default="ntga", choices=METHODS, help="protection method")
     p.add_argument("--method-opt", action="append", default=[], metavar="KEY=VALUE",
-                   help="a setting of a method other than ntga, repeatable (see --list-opts)")
+                   help="a setting of the method, repeatable (see --list-opts)")
     p.add_argument("--list-opts", action="store_true", help="print the chosen method's settings and exit")
     p.add_argument("--fraction", default="1", help="share of each class to protect, in (0, 1]; the rest "
                    "stays clean (chosen by --seed, the same rows for every method)")
@@ -107,8 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="[ntga] compute precision (default float64)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--shard", default=None, metavar="K/N",
-                   help="[ntga] process only blocks i with i %% N == K-1 (one process per host on a cluster; "
-                   "the last process to finish assembles the output)")
+                   help="block-wise methods (ntga, beo): process only blocks i with i %% N == K-1 (one "
+                   "process per host on a cluster; the last process to finish assembles the output)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -116,70 +120,53 @@ def build_parser() -> argparse.ArgumentParser:
 def _describe_options(spec) -> str:
     import dataclasses
 
-    lines = [f"--method {spec.name}: {spec.summary}", "settings (--method-opt KEY=VALUE; eps/norm/steps/step_size "
-             "also as --eps/--norm/--steps/--step-size; None = resolved for the data, see below):"]
+    flags = [*SHARED, *(NTGA_ONLY if spec.name == "ntga" else ())]
+    as_flags = "/".join(f.replace("kernel_opt", "kernel_overrides") for f in flags)
+    lines = [f"--method {spec.name}: {spec.summary}",
+             f"settings (--method-opt KEY=VALUE; {as_flags} also as "
+             f"{'/'.join('--' + f.replace('_', '-') for f in flags)}; None = resolved for the data, see below):"]
     for f in dataclasses.fields(spec.config_type):
-        lines.append(f"  {f.name} = {f.default!r}")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        lines.append(f"  {f.name} = {default!r}")
     doc = (spec.config_type.__doc__ or "").strip()
     return "\n".join(lines) + ("\n\n" + doc if doc else "")
 
 
-def _run_method(args: argparse.Namespace, fraction: float) -> None:
-    """Any method but ntga: build its config from the shared flags and --method-opt, then run it."""
-    from ntga.data import split_from_args
-    from ntga.methods import config_from_options, get_method
-    from ntga.methods.run import generate_with_method
+def config_from_args(args: argparse.Namespace, spec):
+    """The method's config from the shared flags, NTGA's flags and --method-opt."""
+    from ntga.methods import config_from_options
 
     given = [name for name in NTGA_ONLY if getattr(args, name) is not None]
-    if given:
+    if given and spec.name != "ntga":
         flags = ", ".join("--" + g.replace("_", "-") for g in given)
         raise UserInputError(f"{flags} appl{'ies' if len(given) == 1 else 'y'} to --method ntga only; "
                              f"settings of --method {args.method} go in --method-opt KEY=VALUE (see --list-opts)")
-    spec = get_method(args.method)
-    config = config_from_options(
+    ntga_flags = {}
+    if spec.name == "ntga":
+        ntga_flags = {name: getattr(args, name) for name in NTGA_ONLY if name != "kernel_opt"}
+        ntga_flags["kernel_overrides"] = None if args.kernel_opt is None else parse_kernel_opts(args.kernel_opt)
+    return config_from_options(
         spec, args.method_opt,
         eps=None if args.eps is None else parse_fraction(args.eps, "--eps"),
         norm=args.norm, steps=args.steps,
-        step_size=None if args.step_size is None else parse_fraction(args.step_size, "--step-size"))
-    split = split_from_args(args)
-    generate_with_method(split, spec, config, args.out, seed=args.seed, fraction=fraction, resume=args.resume,
-                         progress=not args.no_progress)
+        step_size=None if args.step_size is None else parse_fraction(args.step_size, "--step-size"),
+        **ntga_flags)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    fraction = parse_fraction(args.fraction, "--fraction")
-    if args.list_opts:
-        if args.method == "ntga":
-            print("--method ntga takes its settings as flags: see --help (those marked [ntga])")
-        else:
-            from ntga.methods import get_method
+    from ntga.methods import get_method
 
-            print(_describe_options(get_method(args.method)))
+    args = build_parser().parse_args(argv)
+    parse_fraction(args.fraction, "--fraction")
+    spec = get_method(args.method)
+    if args.list_opts:
+        print(_describe_options(spec))
         return 0
     if args.out is None:
         raise UserInputError("--out DIR is required: the directory to write the protected dataset into")
-    if args.method != "ntga":
-        _run_method(args, fraction)
-        return 0
-    if args.method_opt:
-        raise UserInputError("--method-opt is for methods other than ntga; NTGA's settings are flags (see --help)")
-    from ntga.pipeline import GenerateOptions, generate_from_args
+    from ntga.run.driver import generate_from_args
 
-    options = GenerateOptions(
-        kernel=args.kernel or "fnn",
-        kernel_overrides=parse_kernel_opts(args.kernel_opt or []),
-        eps=None if args.eps is None else parse_fraction(args.eps, "--eps"),
-        norm=args.norm or "linf",
-        steps=10 if args.steps is None else args.steps,
-        step_size=None if args.step_size is None else parse_fraction(args.step_size, "--step-size"),
-        random_start=bool(args.random_start),
-        t=args.t,
-        block_size=args.block_size,
-        target_chunk=args.target_chunk,
-        dtype=args.dtype or "float64",
-    )
-    generate_from_args(args, options, fraction=fraction)
+    generate_from_args(args, spec, config_from_args(args, spec))
     return 0
 
 

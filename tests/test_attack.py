@@ -120,7 +120,7 @@ def test_random_start_is_deterministic_under_a_key(problem):
 
 
 def test_block_attack_vmaps_over_blocks(problem):
-    """What ntga.spread does: vmap the pure attack over blocks; each equals its own run."""
+    """What ntga.run.spread does: vmap the pure attack over blocks; each equals its own run."""
     x_block, y_block, x_target, y_target = problem
     config = SHARED_CONFIG
     xs = np.stack([x_block, x_block[::-1]])

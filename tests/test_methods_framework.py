@@ -14,7 +14,7 @@ from ntga.budget import check_budget
 from ntga.errors import UserInputError
 from ntga.generate import main
 from ntga.methods import METHOD_NAMES, MethodSpec, ProtectTask, config_from_options, get_method
-from ntga.methods.fraction import select_protected
+from ntga.run.fraction import select_protected
 from ntga.poisondir import read_poison_dir
 
 TINY = ["--dataset", "digits", "--train-size", "60", "--target-size", "10", "--no-progress"]
@@ -134,7 +134,8 @@ def test_method_runs_refuse_a_used_directory_and_resume_a_finished_one(tmp_path,
 @pytest.mark.parametrize("argv, message", [
     (["--method", "random", "--kernel", "cnn"], "--kernel applies to --method ntga only"),
     (["--method", "random", "--steps", "3"], "--steps does not apply to --method random"),
-    (["--method", "ntga", "--method-opt", "a=1"], "--method-opt is for methods other than ntga"),
+    (["--method", "ntga", "--method-opt", "a=1"], "--method ntga has no such setting; accepted: kernel, "),
+    (["--method", "random", "--shard", "1/2"], r"--shard applies to block-wise methods \(ntga, beo\)"),
     (["--method", "random", "--fraction", "0"], r"--fraction must be in \(0, 1\]"),
 ])
 def test_cli_rejects_flags_that_do_not_apply(tmp_path, argv, message):
@@ -146,6 +147,23 @@ def test_list_opts_prints_settings_and_needs_no_out(capsys):
     assert main(["--method", "random", "--list-opts"]) == 0
     text = capsys.readouterr().out
     assert "noise = 'sample-wise'" in text and "eps = None" in text
+
+
+def test_ntga_is_a_method_of_the_registry_like_the_others(tmp_path, capsys):
+    spec = get_method("ntga")
+    assert spec.block_wise and get_method("beo").block_wise and not get_method("em").block_wise
+    assert main(["--method", "ntga", "--list-opts"]) == 0
+    text = capsys.readouterr().out
+    assert "kernel = 'fnn'" in text and "t = None" in text and "--kernel-opt" in text
+    # A flag and the same --method-opt give the same config, and 8/255 is accepted as a float.
+    flags = main([*TINY, "--t", "16", "--eps", "8/255", "--steps", "2", "--out", str(tmp_path / "a")])
+    opts = main([*TINY, "--method-opt", "t=16", "--method-opt", "eps=8/255", "--method-opt", "steps=2",
+                 "--out", str(tmp_path / "b")])
+    assert flags == opts == 0
+    a, b = read_poison_dir(tmp_path / "a"), read_poison_dir(tmp_path / "b")
+    np.testing.assert_array_equal(a.x, b.x)
+    assert a.manifest["t"] == b.manifest["t"] == 16.0 and a.manifest["fraction"] == 1.0
+    assert a.manifest["budget_norm"] == "linf" and "gp_target_acc_poisoned_mean" in a.manifest
 
 
 def test_ntga_with_fraction_leaves_the_other_rows_clean(tmp_path):

@@ -33,9 +33,8 @@ from ntga.errors import UserInputError, run_cli
 from ntga.export import main as export_main
 from ntga.generate import main as generate_main
 from ntga.poisondir import read_poison_dir
-from ntga.runner import run_blocks
 
-from test_runner import FP, make_job, noisy_block_fn
+from test_runner import FP, make_job, noisy_block_fn, run_blocks
 
 TINY = ["--dataset", "digits", "--train-size", "48", "--target-size", "30", "--block-size", "16",
         "--steps", "2", "--no-progress"]
@@ -233,21 +232,21 @@ def test_a_refused_shard_never_deletes_another_shards_work(tmp_path, capsys):
 
 def test_a_late_shard_never_rewrites_a_finished_directory(tmp_path, monkeypatch, capsys):
     """Process B reaches assembly after process A completed the directory: B leaves it alone."""
-    from ntga import runner
+    from ntga.run.blocks import BlockRunner
 
     out = tmp_path / "sh"
     assert generate_main([*TINY, "--shard", "1/2", "--out", str(out)]) == 0
-    real_run_blocks = runner.run_blocks
+    real_run = BlockRunner.run
     finished = {}
 
     def then_another_process_finishes(*args, **kwargs):
-        result = real_run_blocks(*args, **kwargs)  # B has all blocks ...
-        monkeypatch.setattr(runner, "run_blocks", real_run_blocks)
+        result = real_run(*args, **kwargs)  # B has all blocks ...
+        monkeypatch.setattr(BlockRunner, "run", real_run)
         assert generate_main([*TINY, "--shard", "1/2", "--resume", "--out", str(out)]) == 0  # ... A assembles
         finished["manifest"] = (out / "manifest.json").read_bytes()
         return result
 
-    monkeypatch.setattr(runner, "run_blocks", then_another_process_finishes)
+    monkeypatch.setattr(BlockRunner, "run", then_another_process_finishes)
     assert generate_main([*TINY, "--shard", "2/2", "--resume", "--out", str(out)]) == 0
     assert "was completed by another process of this run" in capsys.readouterr().out
     assert (out / "manifest.json").read_bytes() == finished["manifest"]  # not deleted, not rewritten

@@ -17,9 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ntga.checkpoint import BlockPlan, BlockStore, parse_shard
 from ntga.errors import UserInputError
-from ntga.runner import BlockJob, run_blocks
+from ntga.run.blocks import BlockJob, BlockRunner
+from ntga.run.plan import BlockPlan, parse_shard
+from ntga.run.workdir import WorkDir
 
 
 def noisy_block_fn(x_block, y_block, x_target, y_target, key):
@@ -39,10 +40,19 @@ def make_job(n=23, block_size=5, seed=0):
     y = np.eye(3)[rng.integers(0, 3, n)]
     xt = rng.uniform(size=(7, 4, 4, 1))
     yt = np.eye(3)[rng.integers(0, 3, 7)]
-    return BlockJob(x, y, xt, yt, block_size)
+    return BlockJob(x, y, block_size, shared=(xt, yt))
 
 
 FP = {"method": "test", "eps": 0.1}
+
+
+def run_blocks(job, block_fn, key, out, *, fingerprint, resume=False, shard=(0, 1), devices=None, progress=False,
+               describe=None):
+    """What the driver does for a block-wise method: open the run's work directory, then run the blocks."""
+    work = WorkDir(out)
+    work.open(fingerprint, resume=resume)
+    runner = BlockRunner(work, resume=resume, shard=shard, devices=devices, progress=progress)
+    return runner.run(job, block_fn, key, describe=describe)
 
 
 def test_plan_keeps_the_remainder():
@@ -97,7 +107,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, key):
     with pytest.raises(KeyboardInterrupt):
         run_blocks(job, noisy_block_fn, key, tmp_path / "r", fingerprint=FP, progress=False,
                    describe=interrupt_after_two)
-    assert BlockStore(tmp_path / "r").finished(5) == [0, 1]
+    assert WorkDir(tmp_path / "r").finished(5) == [0, 1]
     # A half-written temp file from the kill must not confuse the resume.
     (tmp_path / "r" / ".work" / ".block_00002.npy.123.tmp").write_bytes(b"garbage")
     resumed, summary = run_blocks(job, noisy_block_fn, key, tmp_path / "r", fingerprint=FP, resume=True,
@@ -141,13 +151,13 @@ def test_shards_split_the_blocks_and_the_last_one_assembles(tmp_path, key):
     out = tmp_path / "sharded"
     x, _ = run_blocks(job, noisy_block_fn, key, out, fingerprint=FP, shard=(0, 2), progress=False)
     assert x is None
-    assert BlockStore(out).finished(5) == [0, 2, 4]
+    assert WorkDir(out).finished(5) == [0, 2, 4]
     x, _ = run_blocks(job, noisy_block_fn, key, out, fingerprint=FP, shard=(1, 2), resume=True, progress=False)
     np.testing.assert_array_equal(x, full)
 
 
 def test_block_file_of_wrong_shape_is_not_served(tmp_path):
-    store = BlockStore(tmp_path / "b")
+    store = WorkDir(tmp_path / "b")
     store.open(FP, resume=False)
     store.save_block(1, np.zeros((2, 4, 4, 1), np.uint8), {})  # wrong shape: must not be used
     assert store.load_block(1, (5, 4, 4, 1)) is None
@@ -159,8 +169,7 @@ MULTI_DEVICE_SCRIPT = textwrap.dedent(
     import jax, numpy as np
     jax.config.update("jax_enable_x64", True)
     sys.path.insert(0, {tests!r})
-    from test_runner import make_job, noisy_block_fn, FP
-    from ntga.runner import run_blocks
+    from test_runner import make_job, noisy_block_fn, FP, run_blocks
     assert len(jax.local_devices()) == 2, jax.local_devices()
     job = make_job()
     x2, _ = run_blocks(job, noisy_block_fn, jax.random.key(0), {out2!r}, fingerprint=FP, progress=False)

@@ -14,10 +14,11 @@ ops       one-pixel shortcut (Wu et al., ICLR 2023)                             
 ar        autoregressive noise (Sandoval-Segura et al., NeurIPS 2022)           L2/L-inf
 ========  ===================================================================  =========
 
-NTGA has its own block-wise, multi-device pipeline (:mod:`ntga.pipeline`); every
-other method is a :class:`~ntga.methods.base.MethodSpec` whose ``protect``
-function :func:`ntga.methods.run.generate_with_method` calls. Modules are
-imported on first use so ``--help`` stays fast.
+Every method, NTGA included, is a :class:`~ntga.methods.base.MethodSpec` whose
+``protect`` function the one driver :func:`ntga.run.driver.generate` calls;
+block-wise methods (ntga, beo) protect through the shared block runner
+(resume, ``--shard``, several devices). Modules are imported on first use so
+``--help`` stays fast.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from ntga.methods.base import MethodSpec, Protected, ProtectTask, config_from_op
 
 # name -> module defining ``SPECS: dict[str, MethodSpec]``
 _MODULES = {
+    "ntga": "ntga.methods.ntga",
     "random": "ntga.methods.noise",
     "em": "ntga.methods.em",
     "cuda": "ntga.methods.cuda",
@@ -38,11 +40,11 @@ _MODULES = {
     "ops": "ntga.methods.shortcuts",
     "ar": "ntga.methods.shortcuts",
 }
-METHOD_NAMES = ("ntga", *_MODULES)
+METHOD_NAMES = tuple(_MODULES)
 
 
 def get_method(name: str) -> MethodSpec:
-    """The registered method ``name`` (not ``ntga``, which has its own pipeline).
+    """The registered method ``name``.
 
     Raises:
       UserInputError: unknown name (the message lists the accepted ones).

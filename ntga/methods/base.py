@@ -4,15 +4,20 @@ A method is a pure function ``protect(task, config, key) -> Protected``:
 
 * ``task`` (:class:`ProtectTask`) holds the uint8 images to protect with their
   labels, plus read-only context some methods use: the training images that
-  stay clean (``--fraction`` below 1), the attack's held-out target set, and a
-  private work directory for progress files (resumable long runs).
+  stay clean (``--fraction`` below 1), the attack's held-out target set, a
+  private work directory for progress files (resumable long runs), and the
+  block runner that block-wise methods (NTGA, BEO) hand their per-block
+  function to (resume, ``--shard``, several devices: :mod:`ntga.run.blocks`).
 * ``config`` is the method's frozen dataclass, already resolved for the data
   (per-dataset defaults filled in by ``spec.resolve``).
 * ``key`` is a ``jax.random`` key: the same key, config and data give the same
   output bit for bit on the same machine.
 
 It returns uint8 images of the same shape (and the labels, unchanged for every
-method so far) plus a small JSON-able ``info`` dict for the manifest.
+method so far) plus a small JSON-able ``info`` dict for the manifest; a
+block-wise method returns None when this process of a sharded run has done its
+blocks but others are still missing. :func:`ntga.run.driver.generate` is the one
+driver that runs every method.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ntga.errors import UserInputError
+from ntga.run.blocks import BlockRunner
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,8 @@ class ProtectTask:
       workdir: a private directory for progress files (inside the output's ``.work``), or None.
       resume: whether progress files in ``workdir`` from an interrupted identical run may be used.
       progress: whether to show a progress bar.
+      blocks: the block runner of block-wise methods; by default one that keeps the blocks in
+        memory (no resume, one process), as for a direct call from Python.
     """
 
     x: np.ndarray
@@ -57,8 +65,11 @@ class ProtectTask:
     workdir: Path | None = None
     resume: bool = False
     progress: bool = False
+    blocks: BlockRunner | None = None
 
     def __post_init__(self):
+        if self.blocks is None:
+            object.__setattr__(self, "blocks", BlockRunner(progress=self.progress))
         empty = np.zeros((0, *self.x.shape[1:]), np.uint8)
         for name in ("x_rest", "x_target"):
             if getattr(self, name) is None:
@@ -86,25 +97,39 @@ class MethodSpec:
       summary: one line for ``--help``, with the paper.
       config_type: frozen dataclass of the method's settings (every field has a default).
       protect: ``protect(task, config, key) -> Protected``.
-      resolve: ``resolve(config, image_shape) -> config`` fills per-dataset defaults
-        (fields left None) from the images' ``(H, W, C)``; identity when omitted.
+      resolve: ``resolve(config, image_shape, num_images) -> config`` fills per-dataset
+        defaults (fields left None) from the images' ``(H, W, C)`` and, where a default
+        depends on it, the number of images to protect (None when unknown); identity
+        when omitted.
       budget_norm: "linf" or "l2" when the output obeys ``config.eps`` in that norm
         (checked before anything is written), None for unbounded methods (cuda, ops).
+      check: ``check(task, config)`` raises :class:`UserInputError` for settings that only
+        fail against the data; the driver calls it before anything is written.
+      block_wise: the method protects blocks through ``task.blocks`` and so supports
+        ``--shard`` and per-block resume.
+      info_prefix: prefix of the ``info`` keys in the manifest (NTGA's statistics keep
+        their original, unprefixed names, which readers of older manifests use).
+      report: ``report(info) -> str``: lines printed after the output is written (e.g. the
+        surrogate's own before/after figures); None for none.
     """
 
     name: str
     summary: str
     config_type: type
-    protect: Callable[[ProtectTask, Any, Any], Protected]
-    resolve: Callable[[Any, tuple[int, ...]], Any] | None = None
+    protect: Callable[[ProtectTask, Any, Any], Protected | None]
+    resolve: Callable[[Any, tuple[int, ...], int | None], Any] | None = None
     budget_norm: str | None = "linf"
+    check: Callable[[ProtectTask, Any], None] | None = None
+    block_wise: bool = False
+    info_prefix: str = "info_"
+    report: Callable[[dict[str, Any]], str] | None = None
 
     def default_config(self) -> Any:
         return self.config_type()
 
-    def resolved(self, config: Any, image_shape: tuple[int, ...]) -> Any:
-        """``config`` with per-dataset defaults filled for images of shape ``(H, W, C)``."""
-        return config if self.resolve is None else self.resolve(config, tuple(image_shape))
+    def resolved(self, config: Any, image_shape: tuple[int, ...], num_images: int | None = None) -> Any:
+        """``config`` with per-dataset defaults filled for ``num_images`` images of shape ``(H, W, C)``."""
+        return config if self.resolve is None else self.resolve(config, tuple(image_shape), num_images)
 
 
 def grey_or_colour_eps(eps: float | None, num_channels: int, grey: float = 0.3, colour: float = 8 / 255) -> float:

@@ -80,13 +80,12 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
 
-from ntga import workfiles
 from ntga.attack import quantize_to_budget, to_float
 from ntga.errors import UserInputError
 from ntga.methods.base import MethodSpec, Protected, ProtectTask, grey_or_colour_eps
 from ntga.methods import beo_estimate as est
+from ntga.run.blocks import BlockJob
 
 _BANDWIDTH_SAMPLE = 1024  # clean images for the median heuristic and the feature standardisation
 _STATS = ("bayes_error_before", "bayes_error_after", "loo_error_before", "loo_error_after",
@@ -153,7 +152,7 @@ class BEOConfig:
                 bad("features", self.features, "none (pixels) or one of " + ", ".join(MODELS))
 
 
-def _resolve(config: BEOConfig, image_shape: tuple[int, ...]) -> BEOConfig:
+def _resolve(config: BEOConfig, image_shape: tuple[int, ...], num_images: int | None) -> BEOConfig:
     num_channels = image_shape[-1]
     eps = grey_or_colour_eps(config.eps, num_channels)
     # Madry et al.'s 2.5 * eps / steps, but never below eps / 2: larger steps made stronger poisons here.
@@ -219,19 +218,11 @@ def _reference_rows(num_pool: int, lo: int, hi: int, size: int, key: jax.Array) 
     return candidates[np.sort(order[:size])]
 
 
-def _load_block(path, shape) -> tuple[np.ndarray, np.ndarray] | None:
-    """A finished block, or None when it is absent, damaged (checksum) or from other settings: recompute."""
-    saved = workfiles.load_arrays(path)
-    if saved is None or "x" not in saved or "stats" not in saved:
-        return None
-    x, stats = saved["x"], saved["stats"]
-    if x.dtype != np.uint8 or x.shape != shape or stats.shape != (len(_STATS),):
-        return None  # not ours or from other settings: recompute
-    return x, stats
+def protect_beo(task: ProtectTask, config: BEOConfig, key: jax.Array) -> Protected | None:
+    """Raises the LOO kernel Bayes-error estimate of ``task.x`` block by block (see the module docstring).
 
-
-def protect_beo(task: ProtectTask, config: BEOConfig, key: jax.Array) -> Protected:
-    """Raises the LOO kernel Bayes-error estimate of ``task.x`` block by block (see the module docstring)."""
+    The blocks go through ``task.blocks`` (resume, ``--shard``); None when other shards' blocks are missing.
+    """
     n = len(task.x)
     pool_x = np.concatenate([task.x, task.x_rest])  # rows [0, n) are the protected images, clean
     pool_y = np.concatenate([task.y, task.y_rest]).astype(np.int32)
@@ -250,31 +241,27 @@ def protect_beo(task: ProtectTask, config: BEOConfig, key: jax.Array) -> Protect
     # ambiguous against (2,000 MNIST images, FNN-ReLU: one joint block 54.6 +- 3.7% test
     # accuracy vs two halves 26.7 +- 4.7%, 3 seeds; clean 92.5%).
     block = min(config.block_size, n, -(-len(pool_x) // 2))
-    num_blocks = -(-n // block)
     num_ref = min(config.reference_size, len(pool_x) - block)
     attack = make_block_attack(phi, bandwidth, task.num_classes, config)
 
-    out = np.empty_like(task.x)
-    stats = np.zeros((num_blocks, len(_STATS)))
-    weights = np.zeros(num_blocks)
-    for b in tqdm(range(num_blocks), desc="beo blocks", disable=not task.progress):
-        lo, hi = b * block, min((b + 1) * block, n)
-        weights[b] = (hi - lo) + num_ref
-        path = None if task.workdir is None else task.workdir / f"beo_block_{b:05d}.npz"
-        done = _load_block(path, (hi - lo, *task.x.shape[1:])) if task.resume and path else None
-        if done is None:
-            pad = block - (hi - lo)
-            xb = np.concatenate([task.x[lo:hi], np.zeros((pad, *task.x.shape[1:]), np.uint8)])
-            yb = np.concatenate([pool_y[lo:hi], np.zeros(pad, np.int32)])
-            ref = _reference_rows(len(pool_x), lo, hi, num_ref, jax.random.fold_in(k_ref, b))
-            x_adv, s = attack(xb, yb, np.arange(block) < hi - lo, pool_x[ref], pool_y[ref])
-            done = (np.asarray(x_adv)[: hi - lo], np.asarray(s, np.float64))
-            if path is not None:
-                workfiles.save_arrays(path, x=done[0], stats=done[1])
-        out[lo:hi], stats[b] = done
+    def extra(b: int, lo: int, hi: int) -> tuple[np.ndarray, ...]:
+        ref = _reference_rows(len(pool_x), lo, hi, num_ref, jax.random.fold_in(k_ref, b))
+        return np.arange(block) < hi - lo, pool_x[ref], pool_y[ref]
+
+    def block_fn(x_block, y_block, valid, x_ref, y_ref, _key):
+        x_out, s = attack(x_block, y_block, valid, x_ref, y_ref)
+        return {"x_poison_uint8": x_out, **{name: s[i] for i, name in enumerate(_STATS)}}
+
+    # Every block is padded to `block` rows, so the last one reuses the compiled attack.
+    job = BlockJob(x=task.x, y=pool_y[:n], block_size=block, extra=extra, pad=True)
+    out, summary = task.blocks.run(job, block_fn, k_ref)
+    if out is None:
+        return None
+    stats = np.array([[s[name] for name in _STATS] for s in summary.block_stats], np.float64)
+    weights = np.array([s["images"] + num_ref for s in summary.block_stats], np.float64)
     mean = weights @ stats / weights.sum()
     info = {name: float(v) for name, v in zip(_STATS, mean)}
-    info.update(bandwidth=bandwidth, num_blocks=int(num_blocks), block_size=int(block),
+    info.update(bandwidth=bandwidth, num_blocks=len(summary.block_stats), block_size=int(block),
                 reference_size=int(num_ref), kernel_space=config.features or "pixels")
     return Protected(x=out, y=task.y.copy(), info=info)
 
@@ -284,5 +271,5 @@ SPECS = {
         name="beo",
         summary="Bayes-error optimisation: PGD ascent on a LOO Gaussian-kernel Bayes-error estimate "
                 "(Zhang et al., arXiv 2511.08191)",
-        config_type=BEOConfig, protect=protect_beo, resolve=_resolve, budget_norm="linf"),
+        config_type=BEOConfig, protect=protect_beo, resolve=_resolve, budget_norm="linf", block_wise=True),
 }

@@ -123,7 +123,7 @@ class EMConfig:
             raise UserInputError(f"surrogate_lr must be > 0 (or none), got {self.surrogate_lr}")
 
 
-def _resolve(config: EMConfig, image_shape: tuple[int, ...]) -> EMConfig:
+def _resolve(config: EMConfig, image_shape: tuple[int, ...], num_images: int | None) -> EMConfig:
     num_channels = image_shape[-1]
     eps = grey_or_colour_eps(config.eps, num_channels)
     width = config.surrogate_width

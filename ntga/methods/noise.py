@@ -40,7 +40,7 @@ class RandomNoiseConfig:
             raise UserInputError(f"noise must be sample-wise or class-wise, got {self.noise!r}")
 
 
-def _resolve(config: RandomNoiseConfig, image_shape: tuple[int, ...]) -> RandomNoiseConfig:
+def _resolve(config: RandomNoiseConfig, image_shape: tuple[int, ...], num_images: int | None) -> RandomNoiseConfig:
     num_channels = image_shape[-1]
     return RandomNoiseConfig(eps=grey_or_colour_eps(config.eps, num_channels), noise=config.noise)
 

@@ -152,7 +152,7 @@ class SepConfig:
             raise UserInputError(f"target_shift must be an integer or none, got {self.target_shift!r}")
 
 
-def _resolve(config: SepConfig, image_shape: tuple[int, ...]) -> SepConfig:
+def _resolve(config: SepConfig, image_shape: tuple[int, ...], num_images: int | None) -> SepConfig:
     num_channels = image_shape[-1]
     eps = grey_or_colour_eps(config.eps, num_channels)
     steps = config.steps if config.steps is not None else (4 if num_channels == 1 else 10)

@@ -134,7 +134,7 @@ class LSPConfig:
             raise UserInputError(f"class_sep must be a finite number > 0, got {self.class_sep}")
 
 
-def _resolve_lsp(config: LSPConfig, image_shape: tuple[int, ...]) -> LSPConfig:
+def _resolve_lsp(config: LSPConfig, image_shape: tuple[int, ...], num_images: int | None) -> LSPConfig:
     num_channels = image_shape[-1]
     if config.eps is not None:
         return config
@@ -329,7 +329,7 @@ class ARConfig:
             raise UserInputError(f"min_response must be a finite number >= 0, got {self.min_response}")
 
 
-def _resolve_ar(config: ARConfig, image_shape: tuple[int, ...]) -> ARConfig:
+def _resolve_ar(config: ARConfig, image_shape: tuple[int, ...], num_images: int | None) -> ARConfig:
     num_channels = image_shape[-1]
     if config.eps is not None:
         return config

@@ -9,7 +9,7 @@ identical to a single-device run; tests check this with
 ``XLA_FLAGS=--xla_force_host_platform_device_count=2``.
 
 For several hosts, run one process per host with ``--shard K/N`` into a shared
-output directory (see :mod:`ntga.checkpoint`); within each process this module
+output directory (see :mod:`ntga.run.workdir`); within each process this module
 uses that host's local devices.
 """
 
@@ -23,7 +23,8 @@ import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
 BlockFn = Callable[..., dict[str, jax.Array]]
-"""``block_fn(x_block [B,H,W,C], y_block [B,k], x_target [M,H,W,C], y_target [M,k], key) -> dict of arrays``."""
+"""``block_fn(*per_block, *shared, key) -> dict of arrays``: one block's per-block inputs (e.g. its images
+[B, H, W, C] and labels), then the inputs every block shares (e.g. NTGA's target set), then its key."""
 
 
 class BlockSpreader:
@@ -38,19 +39,21 @@ class BlockSpreader:
         return len(self.devices)
 
     @lru_cache(maxsize=None)
-    def _compiled(self, num: int) -> Callable:
+    def _compiled(self, num: int, num_per_block: int, num_shared: int) -> Callable:
         mesh = Mesh(np.array(self.devices[:num]), ("blocks",))
-        def per_block(x, y, x_target, y_target, key):
+
+        def per_block(*args):
             # Each device holds exactly one block ([1, ...]); calling block_fn on it
             # unbatched keeps the per-device program identical for any device count
             # (hence identical output) and avoids vmap's batched linear-algebra rules.
-            out = self.block_fn(x[0], y[0], x_target, y_target, key[0])
+            mine, shared, key = args[:num_per_block], args[num_per_block:-1], args[-1]
+            out = self.block_fn(*(a[0] for a in mine), *shared, key[0])
             return jax.tree.map(lambda a: a[None], out)
 
         sharded = jax.shard_map(
             per_block,
             mesh=mesh,
-            in_specs=(P("blocks"), P("blocks"), P(), P(), P("blocks")),
+            in_specs=(*(P("blocks"),) * num_per_block, *(P(),) * num_shared, P("blocks")),
             out_specs=P("blocks"),
             # Each device runs an independent block and nothing is reduced across
             # devices, so the replication/varying-axis bookkeeping has nothing to
@@ -59,21 +62,20 @@ class BlockSpreader:
         )
         return jax.jit(sharded)
 
-    def run(self, x_blocks: np.ndarray, y_blocks: np.ndarray, x_target: Any, y_target: Any,
-            keys: jax.Array) -> dict[str, np.ndarray]:
-        """Runs ``len(x_blocks) <= num_devices`` blocks in parallel.
+    def run(self, per_block: Sequence[np.ndarray], shared: Sequence[Any], keys: jax.Array) -> dict[str, np.ndarray]:
+        """Runs ``len(keys) <= num_devices`` blocks in parallel.
 
         Args:
-            x_blocks: [G, B, H, W, C] blocks of equal size, G <= number of devices.
-            y_blocks: [G, B, k] one-hot labels.
-            x_target, y_target: the shared target set, replicated on every device.
+            per_block: arrays with a leading [G] axis (one entry per block of the group,
+                all blocks of equal size), G <= number of devices.
+            shared: inputs every block sees, replicated on every device.
             keys: [G] PRNG keys, one per block.
 
         Returns:
             ``block_fn``'s outputs with a leading [G] axis, as numpy arrays.
         """
-        num = len(x_blocks)
+        num = len(keys)
         if not 1 <= num <= self.num_devices:
             raise ValueError(f"a group holds 1..{self.num_devices} blocks, got {num}")
-        out = self._compiled(num)(x_blocks, y_blocks, x_target, y_target, keys)
+        out = self._compiled(num, len(per_block), len(shared))(*per_block, *shared, keys)
         return jax.tree.map(np.asarray, out)
