@@ -1,6 +1,6 @@
 """Clean CIFAR-10 test accuracy versus wall time of whole training runs, per victim.
 
-Each *point* is one training run of ``defenses.train.train_and_evaluate`` with
+Each *point* is one training run of ``ntga.train.train_and_evaluate`` with
 a given victim, options and epoch count (so the learning-rate schedule always
 completes), on one of two scales:
 
@@ -93,7 +93,7 @@ def machine() -> dict:
 def run_plan(plan: str, log: Path) -> None:
     import jax
 
-    from defenses.train import TrainConfig, train_and_evaluate
+    from ntga.train import TrainConfig, train_and_evaluate
 
     scale = plan.split("-")[0]  # "12k-curve" adds points at the 12k scale
     todo = [(label, model, opts, epochs, seed) for label, model, opts, epochs, seeds in PLANS[plan]
@@ -123,7 +123,7 @@ def throughput(model: str, opts: dict, steps: int) -> float:
     import jax
     import numpy as np
 
-    from defenses.train import TrainConfig, train_and_evaluate
+    from ntga.train import TrainConfig, train_and_evaluate
 
     rng = np.random.default_rng(0)
     n = BATCH * (steps + 1)
@@ -181,8 +181,8 @@ def summarize(log: Path, out: Path) -> str:
         "Command: `python benchmarks/bench_victim_accuracy.py --plan 12k --plan 50k --plan 12k-curve "
         "--resnet18-steps 3`, then `--summarize`. Raw records, one per run: `fast-resnet.jsonl` beside this "
         "file.", "",
-        "Each row is whole training runs of `defenses.train` at batch 128 with each victim's default recipe "
-        "(see `defenses/models`), one per seed, each with its own complete learning-rate schedule; test "
+        "Each row is whole training runs of `ntga.train` at batch 128 with each victim's default recipe "
+        "(see `ntga/models`), one per seed, each with its own complete learning-rate schedule; test "
         "accuracy on the full 10,000-image test set after the last epoch (with the victim's test-time "
         "augmentation: flip for fast-resnet, none for small-cnn). Wall time = init + compilation + "
         "training + final evaluation, dataset loading excluded; median over seeds. Data: the shared JPEG "

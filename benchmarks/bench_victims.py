@@ -2,7 +2,7 @@
 
 Part 1 measures images/s of one full training step (gather + augmentation +
 standardisation + forward + backward + optax update, i.e. the jitted step of
-``defenses.train``) at batch 128, after compilation, as the median of repeated
+``ntga.train``) at batch 128, after compilation, as the median of repeated
 steps, for every registered victim on its natural input shape (fnn, fnn-relu
 and cnn on 28x28x1 and 32x32x3; the others on 32x32x3).
 
@@ -104,7 +104,7 @@ def _pointwise_as_conv(active: bool):
     import flax.linen as nn
     import jax.numpy as jnp
 
-    from defenses.models import densenet, layers, resnet
+    from ntga.models import densenet, layers, resnet
 
     class PointwiseAsConv(nn.Module):
         features: int
@@ -129,9 +129,9 @@ def prepare_train_step(task: dict):
     import jax.numpy as jnp
     import numpy as np
 
-    from defenses import augment as aug
-    from defenses.models import get_model
-    from defenses.train import TrainConfig, make_optimizer, make_train_step
+    from ntga.train import inputs as aug
+    from ntga.models import get_model
+    from ntga.train import TrainConfig, make_optimizer, make_train_step
 
     name, shape = task["model"], tuple(task["shape"])
     spec = get_model(name)
@@ -375,7 +375,7 @@ def write_report(out: Path, victims, trials, load_before, load_after, seconds, a
              f"Command: `python benchmarks/bench_victims.py{' ' + ' '.join(argv) if argv else ''}`  ",
              f"Date: {datetime.datetime.now().isoformat(timespec='seconds')}; total benchmark time {seconds / 60:.1f} min",
              "",
-             f"One jitted training step of `defenses.train` (gather, default augmentation, standardisation, "
+             f"One jitted training step of `ntga.train` (gather, default augmentation, standardisation, "
              f"forward, backward, optax update) at batch {BATCH} on random uint8 images, 10 classes, each "
              f"victim's default recipe; median over the timed steps after the compiling one, each "
              f"measurement in a fresh process.", "",
@@ -412,7 +412,7 @@ def write_report(out: Path, victims, trials, load_before, load_after, seconds, a
                   f"- No clear effect (within 15%, i.e. inside this machine's noise): {verdict(0.87, 1.15)}.",
                   f"- Hurt (< 0.87x): {verdict(0.0, 0.87)}.", "",
                   "What the victims use as a result: 1x1 convolutions (DenseNet bottlenecks and transitions, "
-                  "ResNet/WRN projection shortcuts) are `defenses.models.layers.PointwiseConv`, a matmul over "
+                  "ResNet/WRN projection shortcuts) are `ntga.models.layers.PointwiseConv`, a matmul over "
                   "channels, because XLA:CPU's convolution emitter is much slower than its matmul for 1x1 "
                   "kernels; everything else stays float32 NHWC `nn.Conv` with default XLA flags and donated "
                   "train state. bfloat16 compute remains available per run (`model_kwargs={'dtype': "

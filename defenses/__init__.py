@@ -1,8 +1,8 @@
 """defenses: victim models trained on protected data, and the breakers that undo protection.
 
 Public sub-modules:
-    defenses.models    Flax (linen) victims in a registry (MODELS)
-    defenses.train     one training/evaluation loop for any victim
+    ntga.models    Flax (linen) victims in a registry (MODELS)
+    ntga.train     one training/evaluation loop for any victim
     defenses.breakers  registry of defenses (BREAKERS), composable with '+'
     defenses.evaluation  the evaluation library (inputs, runs, results store, report, figures)
     defenses.evaluate  the command line (`python -m defenses.evaluate`)

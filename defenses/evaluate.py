@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Sequence
 
 from defenses.breakers import describe_breakers
-from defenses.models import MODELS
-from defenses.train.config import SCHEDULES, TTAS
+from ntga.models import MODELS
+from ntga.train.config import SCHEDULES, TTAS
 from ntga.data import add_dataset_args
 from ntga.data.cli import limits_from_args
 from ntga.errors import UserInputError, run_cli
@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="runs per (victim, condition); seed s trains with key --seed + s (default: 3)")
     g.add_argument("--model-opt", action="append", default=[], metavar="[MODEL:]KEY=VALUE",
                    help="victim override, repeatable, e.g. width=16, small-cnn:width=8, resnet18:dtype=bfloat16")
-    t = p.add_argument_group("training recipe (default: each victim's own, see defenses.models)")
+    t = p.add_argument_group("training recipe (default: each victim's own, see ntga.models)")
     t.add_argument("--epochs", type=_positive, default=30, help="training epochs (default: 30)")
     t.add_argument("--batch-size", type=_positive, default=128, help="batch size (default: 128)")
     t.add_argument("--optimizer", default=None, choices=("sgd", "adam"))
@@ -131,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from defenses.breakers import parse_breakers
     from defenses.evaluation import (evaluate, is_poison_dir, load_clean, load_foreign_poisons, load_poisoned,
                                      make_conditions, make_victims, markdown_tables, parse_model_opts)
-    from defenses.train import TrainConfig
+    from ntga.train import TrainConfig
     from ntga.data import split_from_args
 
     # Everything that can be checked without data is checked first, then the data, then the

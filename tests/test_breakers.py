@@ -9,7 +9,7 @@ import pytest
 
 from defenses.breakers import BREAKERS, TOUCHES, Breaker, compose, describe_breakers, parse_breaker, parse_breakers
 from defenses.breakers import squeeze
-from defenses.train import TrainConfig, TrainHooks, train_and_evaluate
+from ntga.train import TrainConfig, TrainHooks, train_and_evaluate
 from ntga.errors import UserInputError
 
 NAMES = [

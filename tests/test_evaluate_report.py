@@ -12,7 +12,7 @@ from defenses.breakers import parse_breakers
 from defenses.evaluation import (ResultsStore, Victim, check_victim, make_conditions, markdown, parse_model_opts,
                                  write_figures)
 from defenses.evaluation.report import MIN_GAP
-from defenses.train import TrainConfig
+from ntga.train import TrainConfig
 from ntga.errors import UserInputError
 
 CONFIG = {"epochs": 3, "batch_size": 8, "optimizer": "adam", "lr": 0.001, "momentum": 0.0, "weight_decay": 0.0,

@@ -13,10 +13,10 @@ import optax
 import pytest
 
 from defenses.breakers import BREAKERS, parse_breaker
-from defenses.models import get_model
-from defenses.models.fast import FastResNet, max_pool_floor, whitening_filters
-from defenses.train import TrainConfig, train_and_evaluate
-from defenses.train.step import make_optimizer, param_groups, tta_logits
+from ntga.models import get_model
+from ntga.models.fast import FastResNet, max_pool_floor, whitening_filters
+from ntga.train import TrainConfig, train_and_evaluate
+from ntga.train.step import make_optimizer, param_groups, tta_logits
 from ntga.errors import UserInputError
 
 TINY = dict(width=4)

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from ntga import workfiles
 
-from defenses.augment import channel_stats, standardize
-from defenses.models import get_model
+from ntga.train.inputs import channel_stats, standardize
+from ntga.models import get_model
 from ntga.budget import check_budget
 from ntga.errors import UserInputError
 from ntga.generate import main

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from defenses.models import MODELS, get_model
+from ntga.models import MODELS, get_model
 from ntga.errors import UserInputError
 
 # XLA's backend optimisations dominate compile time for these one-off calls
@@ -140,7 +140,7 @@ def test_bad_overrides_raise(key):
 def test_pointwise_conv_is_a_1x1_convolution(stride, size, key):
     import flax.linen as nn
 
-    from defenses.models.layers import PointwiseConv
+    from ntga.models.layers import PointwiseConv
 
     x = jax.random.normal(key, (2, size, size, 5), jnp.float32)
     pointwise = PointwiseConv(7, stride)

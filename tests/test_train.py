@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from defenses import augment as aug
-from defenses.models import get_model
-from defenses.train import (TrainConfig, TrainHooks, compose_hooks, make_optimizer, make_train_step,
+from ntga.train import inputs as aug
+from ntga.models import get_model
+from ntga.train import (TrainConfig, TrainHooks, compose_hooks, make_optimizer, make_train_step,
                             train_and_evaluate, train_many_seeds)
 from ntga.errors import UserInputError
 

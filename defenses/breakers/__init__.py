@@ -9,7 +9,7 @@ Look one up by its command-line name in :data:`BREAKERS`, or parse a
     x_train, y_train = jpeg.prepare(x_train, y_train, key)   # before training
     for breaker in parse_breakers("none,grayscale+jpeg,ueraser"):
         x, y = breaker.prepare(x_train, y_train, key)
-        hooks = breaker.hooks(num_classes)                   # defenses.train.TrainHooks
+        hooks = breaker.hooks(num_classes)                   # ntga.train.TrainHooks
 
 Modules: squeeze (grayscale, jpeg, bdr, blur), augment (cutout, mixup,
 cutmix), ueraser, adversarial (PGD), projection (orthogonal projection),

@@ -4,8 +4,8 @@ A :class:`Breaker` is a frozen description plus up to two behaviours:
 
 * ``prepare(x_train, y_train, key) -> (x_train, y_train)``: dataset level,
   once before training (images uint8 [0, 255] or float [0, 1], [N, H, W, C]);
-* ``hooks(num_classes) -> defenses.train.TrainHooks``: training time, inside
-  the jitted step (contract in ``defenses.train``; merging in
+* ``hooks(num_classes) -> ntga.train.TrainHooks``: training time, inside
+  the jitted step (contract in ``ntga.train``; merging in
   :mod:`defenses.breakers.hooks`).
 
 Test images are never altered by any breaker. A :class:`BreakerFactory`
@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping
 import jax
 
 from defenses.breakers.hooks import merge_hooks
-from defenses.train import TrainHooks
+from ntga.train import TrainHooks
 from ntga.errors import UserInputError
 
 # What a breaker alters; the vocabulary used in `touches` and in reports.

@@ -1,7 +1,7 @@
 """Merging the training-time hooks of a ``+`` composition.
 
-Breakers act during training through ``defenses.train.TrainHooks`` (contract
-in the ``defenses.train`` module docstring). In one jitted step the trainer
+Breakers act during training through ``ntga.train.TrainHooks`` (contract
+in the ``ntga.train`` module docstring). In one jitted step the trainer
 runs, in this order: its own crop+flip (if the victim's recipe has it), then
 ``batch_transform(key, x, y) -> (x, y)``, then ``adversarial(key, input_loss,
 x, y) -> x``, then the update with ``loss_fn(logits, targets) -> [B]`` if
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Iterable, Sequence
 
-from defenses.train import TrainHooks, compose_hooks
+from ntga.train import TrainHooks, compose_hooks
 from ntga.errors import UserInputError
 
 

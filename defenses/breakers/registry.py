@@ -40,7 +40,7 @@ from defenses.breakers.base import (
 from defenses.breakers.losses import make_apl_loss
 from defenses.breakers.projection import orthogonal_projection
 from defenses.breakers.ueraser import ueraser_augment, ueraser_max
-from defenses.train import TrainHooks
+from ntga.train import TrainHooks
 from ntga.errors import UserInputError
 
 APBENCH = "APBench (Qin et al., 2023; github lafeat/apbench)"
@@ -114,7 +114,7 @@ def _resolve_adversarial(values):
 
 def _build_adversarial(norm, eps, step_size, steps):
     def adversarial(key, input_loss, x, y):
-        # input_loss(x, y) -> [B] at the current parameters (defenses.train).
+        # input_loss(x, y) -> [B] at the current parameters (ntga.train).
         # Summing keeps each example's gradient unscaled by the batch size.
         return pgd(
             lambda xb, yb: input_loss(xb, yb).sum(),

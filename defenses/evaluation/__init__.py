@@ -5,7 +5,7 @@ Example (the same steps the command line takes)::
 
     from defenses.breakers import parse_breakers
     from defenses.evaluation import evaluate, load_poisoned, make_conditions, make_victims
-    from defenses.train import TrainConfig
+    from ntga.train import TrainConfig
 
     data = load_poisoned("runs/digits-ntga")                       # verified, source data re-checked
     config = TrainConfig(epochs=10, batch_size=64)

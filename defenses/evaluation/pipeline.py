@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import jax
 
-from defenses.train import TrainConfig
+from ntga.train import TrainConfig
 from ntga import atomic, outdir
 from ntga.errors import UserInputError
 

@@ -2,7 +2,7 @@
 
 One *run* is (model, condition, seed). Seed ``s`` trains with
 ``jax.random.key(base_seed + s)``, which the trainer splits into its init /
-shuffle / step keys. Victims that ``defenses.train.train_many_seeds`` vmaps
+shuffle / step keys. Victims that ``ntga.train.train_many_seeds`` vmaps
 (no batch norm or dropout: fnn, fnn-relu) train all their missing seeds in one
 call; the others train one seed at a time, so every finished run is saved
 before the next starts.
@@ -25,8 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from defenses.breakers import Breaker
-from defenses.models import MIN_IMAGE_SIZE, MODELS, get_model
-from defenses.train import TrainConfig, TrainResult, train_and_evaluate, train_many_seeds
+from ntga.models import MIN_IMAGE_SIZE, MODELS, get_model
+from ntga.train import TrainConfig, TrainResult, train_and_evaluate, train_many_seeds
 from ntga.errors import UserInputError
 
 from .inputs import EvalData

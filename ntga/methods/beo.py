@@ -26,7 +26,7 @@ Algorithm (per block of ``block_size`` protected images):
 
 ``z`` is the flattened image (``features=None``) or the penultimate features
 of a randomly initialised, *not pretrained*, victim network
-(``features=NAME`` from ``defenses.models.MODELS``), differentiated through.
+(``features=NAME`` from ``ntga.models.MODELS``), differentiated through.
 
 Defaults and their source:
 
@@ -108,7 +108,7 @@ class BEOConfig:
       bandwidth_scale: factor on the median heuristic (ignored when bandwidth is set).
       objective: smooth surrogate of the Bayes error: "smooth-max" or "label".
       temperature: log-sum-exp temperature of "smooth-max" (bias at most temperature * log K).
-      features: None = pixel space; or a model name of ``defenses.models.MODELS`` whose
+      features: None = pixel space; or a model name of ``ntga.models.MODELS`` whose
         randomly initialised (not pretrained) penultimate features the kernel uses.
     """
 
@@ -147,7 +147,7 @@ class BEOConfig:
         if not (math.isfinite(self.temperature) and self.temperature > 0):
             bad("temperature", self.temperature, "a positive number")
         if self.features is not None:
-            from defenses.models import MODELS
+            from ntga.models import MODELS
             if self.features not in MODELS:
                 bad("features", self.features, "none (pixels) or one of " + ", ".join(MODELS))
 

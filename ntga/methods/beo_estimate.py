@@ -104,7 +104,7 @@ def make_feature_fn(features: str | None, x_clean: np.ndarray, num_classes: int,
 
     Args:
       features: None for flattened pixels; otherwise a victim name of
-        ``defenses.models.MODELS`` whose *randomly initialised* copy (weights
+        ``ntga.models.MODELS`` whose *randomly initialised* copy (weights
         from ``key``, never trained: no pretrained weights exist offline) gives
         the penultimate activations, i.e. the input of its final Dense layer.
         Images are standardised per channel with statistics of ``x_clean``
@@ -118,7 +118,7 @@ def make_feature_fn(features: str | None, x_clean: np.ndarray, num_classes: int,
     """
     if features is None:
         return lambda x: x.reshape(x.shape[0], math.prod(x.shape[1:]))  # explicit size: x may be empty
-    from defenses.models import get_model  # the victims' registry; imported only when asked for
+    from ntga.models import get_model  # the victims' registry; imported only when asked for
     from ntga.methods.surrogate import readout_features
 
     module = get_model(features).build(num_classes=max(int(num_classes), 2))

@@ -23,7 +23,7 @@ authors' implementation the noise search and the stopping test use the
 surrogate in evaluation mode (batch-norm running averages), and the surrogate
 is trained with its registry recipe (for ``resnet18``: SGD 0.1, momentum 0.9,
 weight decay 5e-4, as in the paper) at a constant learning rate, without
-augmentation. Inputs are standardised per channel like ``defenses.train`` does,
+augmentation. Inputs are standardised per channel like ``ntga.train`` does,
 with the *clean* images' statistics so the network's input convention stays
 fixed while the noise changes.
 
@@ -58,8 +58,8 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from defenses.augment import channel_stats
-from defenses.models import MODELS
+from ntga.train.inputs import channel_stats
+from ntga.models import MODELS
 from ntga.attack import quantize_to_budget, to_float
 from ntga.errors import UserInputError
 from ntga.methods.base import MethodSpec, Protected, ProtectTask, grey_or_colour_eps
@@ -83,7 +83,7 @@ class EMConfig:
       stop_acc: stop once the surrogate's accuracy on the poisons exceeds this (paper: 0.99).
       max_rounds: at most this many rounds (train + noise search over all data).
       batch_size: images per batch, for training and for the noise search.
-      surrogate: the surrogate network, a name from ``defenses.models.MODELS`` (paper: resnet18).
+      surrogate: the surrogate network, a name from ``ntga.models.MODELS`` (paper: resnet18).
       surrogate_width: the surrogate's ``width`` attribute; None: 4 for small-cnn
         (CPU default), the model's own width for the others.
       surrogate_lr: the surrogate's learning rate (None: the model's registry default).
@@ -216,7 +216,7 @@ def protect_em(task: ProtectTask, config: EMConfig, key: jax.Array) -> Protected
     train_on, search, correct = _round_fns(sur, classwise)
     args = jnp.float32(eps), jnp.float32(config.step_size), jnp.int32(config.steps)
     batches = list(zip(*padded_batches(n, bsz)))
-    per_epoch = n // bsz  # training drops the last partial batch, like defenses.train
+    per_epoch = n // bsz  # training drops the last partial batch, like ntga.train
     orders: dict[int, np.ndarray] = {}
 
     def train_rows(count: int) -> np.ndarray:

@@ -15,7 +15,7 @@ Algorithm:
      squared distance between the penultimate features of f_k(x') and the mean
      feature of class t under f_k over the clean training data (neural-collapse
      centres). Features are the input of the model's readout Dense layer,
-     captured with a Flax method interceptor, so every ``defenses.models``
+     captured with a Flax method interceptor, so every ``ntga.models``
      surrogate works.
   3. Optional variance reduction (SEP-FA-VR, ``vr_inner_steps`` M > 0, after
      SVRE, Xiong et al. CVPR 2022): each outer step then runs M inner steps on
@@ -76,8 +76,8 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from defenses.augment import channel_stats, standardize
-from defenses.models import MODELS, get_model
+from ntga.train.inputs import channel_stats, standardize
+from ntga.models import MODELS, get_model
 from ntga.methods.surrogate import refuse_victim_only
 from ntga import workfiles
 from ntga.attack import quantize_to_budget, to_float
@@ -103,7 +103,7 @@ class SepConfig:
       step_size: alpha (None: max(1/255, 2.5 eps / steps)) [1/255].
       checkpoints: ensemble size n, evenly spaced over training [15].
       epochs: surrogate training epochs [120].
-      surrogate: a defenses.models name [resnet18].
+      surrogate: a ntga.models name [resnet18].
       surrogate_width: the model's width attribute (None: 16 for small-cnn, else the model's default).
       surrogate_lr: peak learning rate (None: the model's recipe).
       train_batch_size: surrogate training batch size [128].

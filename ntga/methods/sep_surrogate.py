@@ -1,8 +1,8 @@
 """SEP's surrogate: one training run that keeps evenly spaced checkpoints, and what is read from them.
 
 Self-ensemble protection (Chen et al., ICLR 2023) needs the intermediate
-models of a *single* training run. This module trains a ``defenses.models``
-victim with the project's own jitted train step (``defenses.train``: same
+models of a *single* training run. This module trains a ``ntga.models``
+victim with the project's own jitted train step (``ntga.train``: same
 optimizer recipes, standardisation and batch norm) and snapshots the
 variables after evenly spaced steps; it saves/loads those snapshots as flat
 numpy arrays so a protection run can resume without retraining; and it reads
@@ -25,8 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from defenses.augment import channel_stats, standardize
-from defenses.train import TrainConfig, make_optimizer, make_train_step
+from ntga.train.inputs import channel_stats, standardize
+from ntga.train import TrainConfig, make_optimizer, make_train_step
 from ntga.attack import to_float
 from ntga.errors import UserInputError
 from ntga.methods.tree_io import load_tree, save_tree
@@ -106,7 +106,7 @@ def train_with_checkpoints(module, spec, x: np.ndarray, y: np.ndarray, num_class
 
     Args:
       module: a Flax module from ``spec.build``.
-      spec: its ``defenses.models.ModelSpec`` (optimizer recipe, batch norm).
+      spec: its ``ntga.models.ModelSpec`` (optimizer recipe, batch norm).
       x: uint8 [N, H, W, C] training images.
       y: int [N] labels.
       num_classes: K.

@@ -1,7 +1,7 @@
 """A surrogate network for protection methods that train one (em, sep, ...).
 
-Builds a registered victim (``defenses.models``) and trains it exactly as
-``defenses.train`` would (same loss, optimizer recipe, coupled weight decay,
+Builds a registered victim (``ntga.models``) and trains it exactly as
+``ntga.train`` would (same loss, optimizer recipe, coupled weight decay,
 per-channel standardisation inside the network's input), but on float images
 in [0, 1] that the caller hands over batch by batch, because these methods
 change the images while the network trains::
@@ -12,14 +12,14 @@ change the images while the network trains::
     g = sur.input_grad(state, x_batch, y_batch, mask)     # d sum(loss) / d x, [B, H, W, C]
     acc = accuracy(sur, state, x_all, y_all, batch_size=256)
 
-Differences from ``defenses.train``: the schedule is constant unless a total
+Differences from ``ntga.train``: the schedule is constant unless a total
 number of steps is given (these loops do not know their length in advance),
 there is no augmentation (the perturbation must stay aligned with its image),
 and ``mean``/``std`` are fixed by the caller at ``init`` (typically the clean
 images' statistics) so the network's input convention does not drift while the
 perturbation changes.
 
-The state is the dict ``defenses.train.make_train_step`` uses (``params``,
+The state is the dict ``ntga.train.make_train_step`` uses (``params``,
 ``batch_stats``, ``opt_state``, ``step``) plus ``mean``/``std``; ``ntga.methods.tree_io``
 saves and restores it for resumable runs.
 """
@@ -36,8 +36,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from defenses.models import get_model
-from defenses.train import LOSSES, TrainConfig, make_optimizer, make_train_step
+from ntga.models import get_model
+from ntga.train import LOSSES, TrainConfig, make_optimizer, make_train_step
 from ntga.errors import UserInputError
 
 State = dict[str, Any]
@@ -47,14 +47,14 @@ class Surrogate(NamedTuple):
     """Pure, jitted functions of one surrogate network; ``state`` is its training-state dict.
 
     The state holds ``params``, ``batch_stats``, ``opt_state``, ``step`` (as in
-    ``defenses.train``) and the standardisation ``mean``/``std`` [C], so the
+    ``ntga.train``) and the standardisation ``mean``/``std`` [C], so the
     functions close over nothing data-dependent and one surrogate (and its
     compilations) serves every data set of the same image shape.
 
     Attributes:
       name: the victim's registry name.
       num_classes: K.
-      config: the resolved training recipe (``defenses.train.TrainConfig``).
+      config: the resolved training recipe (``ntga.train.TrainConfig``).
       init: ``init(key, image_shape (H, W, C), mean [C], std [C]) -> state``;
         ``mean``/``std`` are per-channel statistics of images in [0, 1].
       train_step: ``train_step(state, x [B,H,W,C] float in [0,1], y int [B], key)
@@ -86,7 +86,7 @@ def make_surrogate(name: str, num_classes: int, *, overrides: Mapping[str, Any] 
     repeated runs reuse its compiled functions.
 
     Args:
-      name: a key of ``defenses.models.MODELS`` (e.g. "small-cnn", "resnet18").
+      name: a key of ``ntga.models.MODELS`` (e.g. "small-cnn", "resnet18").
       num_classes: K >= 2.
       overrides: module attributes, e.g. ``{"width": 16}`` (hashable values).
       lr: peak learning rate (None: the model's default).
@@ -207,7 +207,7 @@ def readout_features(module: nn.Module, variables: Any, x: jax.Array) -> tuple[j
     dedicated ``features`` method. Runs in eval mode (running batch-norm statistics).
 
     Args:
-      module: a ``defenses.models`` module.
+      module: a ``ntga.models`` module.
       variables: its variables (``params`` and maybe ``batch_stats``).
       x: [B, H, W, C] standardised images.
 

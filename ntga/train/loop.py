@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from ntga.errors import UserInputError
 
-from .. import augment as aug
+from . import inputs as aug
 from ..models import MIN_IMAGE_SIZE, get_model
 from .config import Array, TrainConfig, TrainHooks, TrainResult
 from .step import make_eval_step, make_optimizer, make_train_step
@@ -209,7 +209,7 @@ def train_and_evaluate(model_name: str, x_train, y_train, x_test, y_test, config
     """Trains ``model_name`` on (x_train, y_train) and tracks test accuracy per epoch.
 
     Args:
-        model_name: a key of ``defenses.models.MODELS``.
+        model_name: a key of ``ntga.models.MODELS``.
         x_train: images [N, H, W, C] (uint8 or float in [0, 1]), possibly poisoned.
         y_train: int labels [N].
         x_test: images [M, H, W, C], same H, W, C.

@@ -21,7 +21,7 @@ reach high CIFAR-10 accuracy in few epochs, re-derived and resized for a
 
 The recipe that goes with it (label smoothing 0.2, Nesterov SGD with a short
 warm-up and a linear decay, a 64x larger learning rate for batch-norm biases,
-flip test-time augmentation) is registered in :data:`defenses.models.MODELS`;
+flip test-time augmentation) is registered in :data:`ntga.models.MODELS`;
 ``benchmarks/results/fast-resnet.md`` has the accuracy-versus-time curves.
 
 Any H, W >= 8 and any channel count work: the whitening filter has

@@ -1,7 +1,7 @@
 """Pure step factories of the victim trainer: optimizer, train step, eval step.
 
 ``make_train_step`` is where the hooks run, in the order the contract in
-:mod:`defenses.train` describes; jit it at the call site.
+:mod:`ntga.train` describes; jit it at the call site.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import optax
 
 from ntga.errors import UserInputError
 
-from .. import augment as aug
+from . import inputs as aug
 from ..models import ModelSpec
 from .config import LOSSES, Array, TrainConfig, TrainHooks
 

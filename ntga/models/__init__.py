@@ -3,7 +3,7 @@
 ``MODELS`` maps each command-line name (DESIGN.md contract 3) to a
 :class:`ModelSpec` that knows how to build the module and how the victim is
 trained by default (loss, optimizer recipe, augmentation), so
-``defenses.train`` needs nothing but the name::
+``ntga.train`` needs nothing but the name::
 
     spec = get_model("resnet18")
     module = spec.build(num_classes=10)              # full size
@@ -34,7 +34,7 @@ fast-resnet ce+LS SGD lr 0.4, Nesterov 0.85, wd 1.3e-3 linear crop+flip
 ``small-cnn`` is ours (a fast CPU victim, not from a paper); it does not flip
 by default because it is also used on digits, where flips change the class.
 
-``fast-resnet`` is ours too (:mod:`defenses.models.fast`), tuned for test
+``fast-resnet`` is ours too (:mod:`ntga.models.fast`), tuned for test
 accuracy per CPU-second after airbench's recipe: label smoothing 0.2 (LS),
 20% linear warm-up then linear decay, batch-norm biases at 64x the learning
 rate, a frozen patch-whitening first layer fitted to the training images,
@@ -111,7 +111,7 @@ class ModelSpec:
 
     @property
     def needs_victim_trainer(self) -> bool:
-        """Whether the recipe has parts only ``defenses.train`` applies (data-dependent init, parameter groups)."""
+        """Whether the recipe has parts only ``ntga.train`` applies (data-dependent init, parameter groups)."""
         return self.data_init is not None or self.is_frozen is not None or self.is_norm_bias is not None
 
     def build(self, num_classes: int, **overrides: Any) -> nn.Module:

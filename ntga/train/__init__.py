@@ -1,4 +1,4 @@
-"""One training and evaluation loop for every victim in ``defenses.models``.
+"""One training and evaluation loop for every victim in ``ntga.models``.
 
 ``train_and_evaluate(model_name, x_train, y_train, x_test, y_test, config, key)``
 trains the named victim on (possibly poisoned) training images and reports the

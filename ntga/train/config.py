@@ -1,7 +1,7 @@
 """Configs, results, losses and the breaker hooks of the victim trainer.
 
 The hook contract (what a breaker's functions receive and must return) is
-documented in :mod:`defenses.train`.
+documented in :mod:`ntga.train`.
 """
 
 from __future__ import annotations
