@@ -3,7 +3,8 @@
 Each configuration below is a small ``python -m ntga.generate`` run (the README's
 digits job, every registered method on a digits subset, a ``--fraction`` run, a
 sharded-then-resumed run); the sha256 of its ``x_train.npy`` must equal the value
-recorded in ``fixtures/golden_hashes.json``. The values were recorded before the
+recorded in ``fixtures/golden_hashes.json``. Three tiny victim trainings guard the
+trainer the same way (the hash of their accuracy and loss curves). The values were recorded before the
 architecture refactor (issue 10) moved any code; a change that alters a poison on
 purpose must re-record them (``python tests/test_golden_outputs.py``) and say why
 in its commit. The tests run in-process with the suite's settings (float64
@@ -49,6 +50,32 @@ CONFIGS: dict[str, list[list[str]]] = {
 }
 
 
+# Victim training (the trainer's outputs): (model, model options, vmapped seeds?) on 256 digits, 2 epochs.
+TRAIN_CONFIGS = {
+    "train-small-cnn": ("small-cnn", {"width": 8}, False),
+    "train-fast-resnet": ("fast-resnet", {"width": 8}, False),
+    "train-fnn-relu-vmapped": ("fnn-relu", {"width": 16}, True),
+}
+
+
+def run_training(name: str) -> str:
+    """sha256 of the per-epoch test accuracy and training loss curves of training configuration ``name``."""
+    import jax
+    import numpy as np
+
+    from ntga.data import load_dataset
+    from ntga.train import TrainConfig, train_many_seeds
+
+    model, options, vmapped = TRAIN_CONFIGS[name]
+    ds = load_dataset("digits")
+    keys = jax.random.split(jax.random.key(1), 2 if vmapped else 1)
+    results = train_many_seeds(model, ds.x_train[:256], ds.y_train[:256], ds.x_test[:64], ds.y_test[:64],
+                               TrainConfig(epochs=2, batch_size=32), keys, progress=False, model_kwargs=options,
+                               vmap=vmapped)
+    curves = np.stack([np.concatenate([r.test_acc_curve, r.train_loss_curve]) for r in results])
+    return hashlib.sha256(curves.astype(np.float64).tobytes()).hexdigest()
+
+
 def run_config(name: str, root: Path) -> str:
     """Runs configuration ``name`` into ``root/name`` and returns the sha256 of its x_train.npy."""
     from ntga.generate import main
@@ -67,6 +94,14 @@ def test_generate_output_is_unchanged(name, tmp_path):
     assert run_config(name, tmp_path) == expected[name]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(TRAIN_CONFIGS))
+def test_training_is_unchanged(name):
+    expected = json.loads(GOLDEN.read_text())
+    assert name in expected, f"no golden hash recorded for {name}; run python {__file__}"
+    assert run_training(name) == expected[name]
+
+
 def _record() -> None:
     """Records every configuration's hash (run by hand, with the suite's float64 setting)."""
     import tempfile
@@ -77,6 +112,7 @@ def _record() -> None:
     jax.config.update("jax_numpy_rank_promotion", "raise")
     with tempfile.TemporaryDirectory() as tmp:
         hashes = {name: run_config(name, Path(tmp)) for name in sorted(CONFIGS)}
+    hashes.update({name: run_training(name) for name in sorted(TRAIN_CONFIGS)})
     GOLDEN.write_text(json.dumps(hashes, indent=1, sort_keys=True) + "\n")
     print(f"wrote {len(hashes)} hashes to {GOLDEN}")
 

@@ -2,8 +2,9 @@
 
 Self-ensemble protection (Chen et al., ICLR 2023) needs the intermediate
 models of a *single* training run. This module trains a ``ntga.models``
-victim with the project's own jitted train step (``ntga.train``: same
-optimizer recipes, standardisation and batch norm) and snapshots the
+victim with the project's trainer core (``ntga.train.core``: init, epoch
+order) and its one jitted train step (same optimizer recipes, standardisation
+and batch norm) and snapshots the
 variables after evenly spaced steps; it saves/loads those snapshots as flat
 numpy arrays so a protection run can resume without retraining; and it reads
 the checkpoints' predictions and penultimate features (SEP-FA's class centres).
@@ -26,7 +27,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ntga.train.inputs import channel_stats, standardize
-from ntga.train import TrainConfig, make_optimizer, make_train_step
+from ntga.train import TrainConfig, core, make_optimizer, make_train_step
 from ntga.attack import to_float
 from ntga.errors import UserInputError
 from ntga.methods.tree_io import load_tree, save_tree
@@ -64,11 +65,7 @@ def checkpoint_steps(total_steps: int, count: int) -> np.ndarray:
 
 @functools.lru_cache(maxsize=8)
 def _compiled_init(module, shape: tuple[int, ...]):
-    x0 = jnp.zeros((1, *shape), jnp.float32)
-    # Compiled without backend optimisations: init runs once, and optimising a
-    # sampler per parameter would cost more compile time than it saves.
-    return jax.jit(lambda k: module.init({"params": k, "dropout": k}, x0, train=False),
-                   compiler_options={"xla_backend_optimization_level": 0})
+    return jax.jit(lambda k: core.init_variables(module, shape, k), compiler_options=core.INIT_COMPILER_OPTIONS)
 
 
 def init_variables(module, shape: tuple[int, ...], key: jax.Array) -> Variables:
@@ -92,11 +89,7 @@ def _compiled_step(module, spec, cfg: TrainConfig, total_steps: int, num_classes
     return tx, jax.jit(step)
 
 
-@functools.partial(jax.jit, static_argnums=(2, 3))
-def _epoch_order(key: jax.Array, epoch, n: int, batch: int) -> jax.Array:
-    """[N // batch, batch] indices of one epoch's shuffled batches (the last partial batch dropped)."""
-    steps = n // batch
-    return jax.random.permutation(jax.random.fold_in(key, epoch), n)[:steps * batch].reshape(steps, batch)
+_epoch_order = jax.jit(core.epoch_order, static_argnums=(2, 3))
 
 
 def train_with_checkpoints(module, spec, x: np.ndarray, y: np.ndarray, num_classes: int, *, epochs: int,

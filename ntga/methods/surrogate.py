@@ -1,8 +1,9 @@
 """A surrogate network for protection methods that train one (em, sep, ...).
 
 Builds a registered victim (``ntga.models``) and trains it exactly as
-``ntga.train`` would (same loss, optimizer recipe, coupled weight decay,
-per-channel standardisation inside the network's input), but on float images
+``ntga.train`` would (the trainer core's init, the same jitted update, loss,
+optimizer recipe, coupled weight decay, per-channel standardisation inside the
+network's input), but on float images
 in [0, 1] that the caller hands over batch by batch, because these methods
 change the images while the network trains::
 
@@ -38,6 +39,7 @@ import numpy as np
 
 from ntga.models import get_model
 from ntga.train import LOSSES, TrainConfig, make_optimizer, make_train_step
+from ntga.train.core import INIT_COMPILER_OPTIONS, init_state
 from ntga.errors import UserInputError
 
 State = dict[str, Any]
@@ -119,9 +121,7 @@ def _build(name, num_classes, overrides, lr, total_steps, batch_size) -> Surroga
     tx = make_optimizer(cfg, total_steps or 1)
     loss_of = LOSSES[cfg.loss]
     # The inner step gets standardised images (standardize=False), so mean/std can live in the state.
-    ones = jnp.ones((1,), jnp.float32)
-    step = make_train_step(module, spec, dataclasses.replace(cfg, standardize=False), tx, num_classes,
-                           ones, ones)
+    step = make_train_step(module, spec, dataclasses.replace(cfg, standardize=False), tx, num_classes, None, None)
     inner_keys = ("params", "batch_stats", "opt_state", "step")
 
     def standardize(state, x):
@@ -129,13 +129,9 @@ def _build(name, num_classes, overrides, lr, total_steps, batch_size) -> Surroga
         return (x.astype(jnp.float32) - state["mean"].reshape(shape)) / state["std"].reshape(shape)
 
     # Runs once per shape: backend optimisation would only add compile time.
-    @functools.partial(jax.jit, static_argnums=1, compiler_options={"xla_backend_optimization_level": 0})
+    @functools.partial(jax.jit, static_argnums=1, compiler_options=INIT_COMPILER_OPTIONS)
     def init_params(key, image_shape):
-        variables = module.init({"params": key, "dropout": key}, jnp.zeros((1, *image_shape), jnp.float32),
-                                train=False)
-        params = variables["params"]
-        return dict(params=params, batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
-                    step=jnp.zeros((), jnp.int32))
+        return init_state(module, tx, image_shape, key)
 
     def init(key, image_shape, mean, std):
         try:

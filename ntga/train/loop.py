@@ -1,9 +1,15 @@
-"""The training loops: input validation, ``train_and_evaluate`` and ``train_many_seeds``."""
+"""The victims' training loop: input validation, ``train_and_evaluate`` and ``train_many_seeds``.
+
+A run is set up (:class:`_Setup`), its states initialised with the trainer core
+(:mod:`ntga.train.core`), trained epoch by epoch with one jitted update per hook phase,
+evaluated on the whole test set, and returned as one :class:`TrainResult` per seed.
+"""
 
 from __future__ import annotations
 
 import time
-from typing import Any, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +21,7 @@ from ntga.errors import UserInputError
 from . import inputs as aug
 from ..models import MIN_IMAGE_SIZE, get_model
 from .config import Array, TrainConfig, TrainHooks, TrainResult
+from .core import INIT_COMPILER_OPTIONS, epoch_order, init_state
 from .step import make_eval_step, make_optimizer, make_train_step
 
 DATA_INIT_IMAGES = 10_000  # training images a data-dependent init (whitening) looks at
@@ -79,91 +86,128 @@ def _typed_key(key: Array, batched: bool = False) -> Array:
     return jax.random.wrap_key_data(key)
 
 
-def _run(model_name, x_train, y_train, x_test, y_test, config, keys, hooks, progress,
-         num_classes, model_kwargs, vmapped) -> list[TrainResult]:
-    t_start = time.perf_counter()
+@dataclass(frozen=True)
+class _Setup:
+    """What one run trains: the victim, its resolved recipe and optimizer, and the checked data."""
+
+    name: str
+    spec: Any
+    cfg: TrainConfig
+    module: Any
+    tx: Any
+    num_classes: int
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    mean: jax.Array  # [C] per-channel statistics of x_train in pixel units
+    std: jax.Array
+    steps: int  # updates per epoch (the last partial batch is dropped)
+
+    @property
+    def batch_size(self) -> int:
+        return self.cfg.batch_size
+
+
+def _setup(model_name, x_train, y_train, x_test, y_test, config, num_classes, model_kwargs) -> _Setup:
     spec = get_model(model_name)
     cfg = config.resolved(spec)
     x_train, y_train, x_test, y_test, k = _prepare(x_train, y_train, x_test, y_test, num_classes, cfg.batch_size)
     module = spec.build(k, **(model_kwargs or {}))
     mean, std = (jnp.asarray(a) for a in aug.channel_stats(x_train))
-    n, bsz = x_train.shape[0], cfg.batch_size
-    steps = n // bsz
+    steps = x_train.shape[0] // cfg.batch_size
     tx = make_optimizer(cfg, cfg.epochs * steps, spec)
-    n_seeds = keys.shape[0]
+    return _Setup(name=model_name, spec=spec, cfg=cfg, module=module, tx=tx, num_classes=k, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test, mean=mean,
+                  std=std, steps=steps)
+
+
+def _init_states(run: _Setup, k_init: Array, lift: Callable) -> dict:
+    """The training states of every seed (``lift`` vmaps over seeds when they train together)."""
     # A data-dependent init (fast-resnet's whitening layer) sees the training images as the
     # model will: in pixel units, standardised when the config standardises.
     x_init = None
-    if spec.data_init is not None:
-        x_init = np.asarray(aug.to_unit_float(jnp.asarray(x_train[:DATA_INIT_IMAGES])))
-        if cfg.standardize:
-            x_init = np.asarray(aug.standardize(jnp.asarray(x_init), mean, std))
+    if run.spec.data_init is not None:
+        x_init = np.asarray(aug.to_unit_float(jnp.asarray(run.x_train[:DATA_INIT_IMAGES])))
+        if run.cfg.standardize:
+            x_init = np.asarray(aug.standardize(jnp.asarray(x_init), run.mean, run.std))
 
     def init(key):
-        x0 = jnp.zeros((1, *x_train.shape[1:]), jnp.float32)
-        variables = module.init({"params": key, "dropout": key}, x0, train=False)
-        if x_init is not None:
-            variables = spec.data_init(variables, x_init)  # numpy at trace time: the same for every seed
-        params = variables["params"]
-        return dict(params=params, batch_stats=variables.get("batch_stats", {}),
-                    opt_state=tx.init(params), step=jnp.zeros((), jnp.int32))
+        return init_state(run.module, run.tx, run.x_train.shape[1:], key, data_init=run.spec.data_init,
+                          x_init=x_init)
 
-    def lift(fn, in_axes):
-        return jax.vmap(fn, in_axes=in_axes) if vmapped else fn
-
-    split = jax.vmap(lambda key: jax.random.split(key, 3))(keys)  # [S, 3] keys
-    k_init, k_shuffle, k_step = split[:, 0], split[:, 1], split[:, 2]
-    if not vmapped:
-        k_init, k_shuffle, k_step = k_init[0], k_shuffle[0], k_step[0]
     try:
-        # Init runs once: XLA's backend optimisations would cost seconds of
-        # compilation per layer (a threefry sampler per parameter) for nothing.
-        state = jax.jit(lift(init, 0), compiler_options={"xla_backend_optimization_level": 0})(k_init)
+        return jax.jit(lift(init, 0), compiler_options=INIT_COMPILER_OPTIONS)(k_init)
     except UserInputError:
         raise
     except (TypeError, ValueError) as err:  # e.g. flatten sizes that do not fit
-        raise UserInputError(f"{model_name} cannot take images of shape {x_train.shape[1:]}: {err}") from None
+        raise UserInputError(f"{run.name} cannot take images of shape {run.x_train.shape[1:]}: {err}") from None
 
-    # One jitted step per phase of the hooks' schedule, built when the phase begins. Keyed by
-    # id(phase): every phase is held by ``schedule`` for the whole run, so the ids stay unique.
-    compiled_steps = {}
-    schedule = hooks or TrainHooks()
 
-    def train_step_for(epoch):
+class _PhaseSteps:
+    """One jitted update per phase of the hooks' schedule, built when the phase begins."""
+
+    def __init__(self, run: _Setup, hooks: TrainHooks | None, lift: Callable):
+        self.run, self.lift = run, lift
+        self.schedule = hooks or TrainHooks()
+        # Keyed by id(phase): every phase is held by ``schedule`` for the whole run, so the ids stay unique.
+        self.compiled: dict[int, Callable] = {}
+
+    def at(self, epoch: int) -> tuple[Callable, bool]:
         """The step of the phase in force, and whether it is new (its first call compiles)."""
-        phase = schedule.at_epoch(epoch)
-        new = id(phase) not in compiled_steps
+        phase = self.schedule.at_epoch(epoch)
+        new = id(phase) not in self.compiled
         if new:
-            step = make_train_step(module, spec, cfg, tx, k, mean, std, phase)
-            compiled_steps[id(phase)] = jax.jit(lift(step, (0, None, None, 0, 0)), donate_argnums=0)
-        return compiled_steps[id(phase)], new
+            r = self.run
+            step = make_train_step(r.module, r.spec, r.cfg, r.tx, r.num_classes, r.mean, r.std, phase)
+            self.compiled[id(phase)] = jax.jit(self.lift(step, (0, None, None, 0, 0)), donate_argnums=0)
+        return self.compiled[id(phase)], new
 
-    eval_step = jax.jit(lift(make_eval_step(module, spec, cfg, mean, std), (0, None, None, None)))
-    shuffle = jax.jit(lift(lambda key, epoch: jax.random.permutation(jax.random.fold_in(key, epoch), n)[:steps * bsz]
-                           .reshape(steps, bsz), (0, None)))
 
+def _make_evaluate(run: _Setup, lift: Callable) -> Callable[[dict], np.ndarray]:
+    """``evaluate(state) -> [S]`` test accuracy of every seed over the whole test set."""
+    eval_step = jax.jit(lift(make_eval_step(run.module, run.spec, run.cfg, run.mean, run.std), (0, None, None, None)))
     # The test set is padded to whole eval batches; the mask keeps padding out of the count.
-    eval_bsz = min(max(bsz, 256), x_test.shape[0])
+    x_test, y_test = run.x_test, run.y_test
+    eval_bsz = min(max(run.batch_size, 256), x_test.shape[0])
     n_test = x_test.shape[0]
     pad = (-n_test) % eval_bsz
     xt = jnp.asarray(np.concatenate([x_test, np.zeros((pad, *x_test.shape[1:]), x_test.dtype)]))
     yt = jnp.asarray(np.concatenate([y_test, np.zeros(pad, np.int32)]))
     mt = jnp.asarray(np.arange(n_test + pad) < n_test)
-    x_all, y_all = jnp.asarray(x_train), jnp.asarray(y_train)
 
     def evaluate(state):
         correct = sum(eval_step(state, xt[i:i + eval_bsz], yt[i:i + eval_bsz], mt[i:i + eval_bsz])
                       for i in range(0, n_test + pad, eval_bsz))
         return np.asarray(correct, np.float64).reshape(-1) / n_test
 
-    shape = (n_seeds, config.epochs)
-    test_acc, train_acc, train_loss = np.full(shape, np.nan), np.zeros(shape), np.zeros(shape)
+    return evaluate
+
+
+@dataclass
+class _Curves:
+    """Per-seed, per-epoch curves of a run and its training-throughput bookkeeping."""
+
+    test_acc: np.ndarray
+    train_acc: np.ndarray
+    train_loss: np.ndarray
+    images_per_s: float = 0.0
+
+
+def _train_epochs(run: _Setup, state: dict, steps_of: _PhaseSteps, evaluate: Callable, k_shuffle: Array,
+                  k_step: Array, lift: Callable, n_seeds: int, epochs: int, eval_every: int,
+                  progress: bool) -> tuple[dict, _Curves]:
+    """The epoch loop: shuffled batches, one update each, the test set after evaluated epochs."""
+    n, bsz, steps = run.x_train.shape[0], run.batch_size, run.steps
+    shuffle = jax.jit(lift(lambda key, epoch: epoch_order(key, epoch, n, bsz), (0, None)))
+    x_all, y_all = jnp.asarray(run.x_train), jnp.asarray(run.y_train)
+    shape = (n_seeds, epochs)
+    curves = _Curves(test_acc=np.full(shape, np.nan), train_acc=np.zeros(shape), train_loss=np.zeros(shape))
     # Throughput leaves out each compiling step (the first of every schedule phase).
     train_time, compile_time, compiled_images = 0.0, 0.0, 0
-    bar = tqdm(range(config.epochs), desc=model_name, disable=not progress, leave=False)
+    bar = tqdm(range(epochs), desc=run.name, disable=not progress, leave=False)
     for epoch in bar:
         t0 = time.perf_counter()
-        train_step, compiling = train_step_for(epoch)
+        train_step, compiling = steps_of.at(epoch)
         order = shuffle(k_shuffle, epoch)
         sums = []
         for i in range(steps):
@@ -176,31 +220,56 @@ def _run(model_name, x_train, y_train, x_test, y_test, config, keys, hooks, prog
                 compiling = False
         loss_sum, correct = (np.asarray(jnp.stack(m), np.float64).reshape(steps, -1).sum(0) for m in zip(*sums))
         train_time += time.perf_counter() - t0
-        train_loss[:, epoch] = loss_sum / (steps * bsz)
-        train_acc[:, epoch] = correct / (steps * bsz)
-        if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
-            test_acc[:, epoch] = evaluate(state)
-        bar.set_postfix(loss=f"{train_loss[:, epoch].mean():.3f}", train=f"{train_acc[:, epoch].mean():.3f}",
-                        test=f"{test_acc[:, epoch].mean():.3f}")
+        curves.train_loss[:, epoch] = loss_sum / (steps * bsz)
+        curves.train_acc[:, epoch] = correct / (steps * bsz)
+        if (epoch + 1) % eval_every == 0 or epoch + 1 == epochs:
+            curves.test_acc[:, epoch] = evaluate(state)
+        bar.set_postfix(loss=f"{curves.train_loss[:, epoch].mean():.3f}",
+                        train=f"{curves.train_acc[:, epoch].mean():.3f}",
+                        test=f"{curves.test_acc[:, epoch].mean():.3f}")
     bar.close()
-
-    images = config.epochs * steps * bsz * n_seeds
+    images = epochs * steps * bsz * n_seeds
     timed = train_time - compile_time
-    images_per_s = (images - compiled_images) / timed if images > compiled_images and timed > 0 else images / train_time
-    wall = time.perf_counter() - t_start
+    curves.images_per_s = ((images - compiled_images) / timed if images > compiled_images and timed > 0
+                           else images / train_time)
+    return state, curves
+
+
+def _results(run: _Setup, state: dict, curves: _Curves, n_seeds: int, vmapped: bool,
+             wall: float) -> list[TrainResult]:
     variables = jax.device_get({"params": state["params"], "batch_stats": state["batch_stats"]})
     results = []
     for s in range(n_seeds):
-        curve = test_acc[s]
+        curve = curves.test_acc[s]
         peak = int(np.nanargmax(curve))
         v = jax.tree.map(lambda a: a[s], variables) if vmapped else variables
-        if not spec.batch_norm:
+        if not run.spec.batch_norm:
             v = {"params": v["params"]}
         results.append(TrainResult(final_test_acc=float(curve[-1]), peak_test_acc=float(curve[peak]),
-                                   peak_epoch=peak + 1, test_acc_curve=curve, train_acc_curve=train_acc[s],
-                                   train_loss_curve=train_loss[s], wall_time_s=wall,
-                                   images_per_s=float(images_per_s), variables=v))
+                                   peak_epoch=peak + 1, test_acc_curve=curve, train_acc_curve=curves.train_acc[s],
+                                   train_loss_curve=curves.train_loss[s], wall_time_s=wall,
+                                   images_per_s=float(curves.images_per_s), variables=v))
     return results
+
+
+def _run(model_name, x_train, y_train, x_test, y_test, config, keys, hooks, progress,
+         num_classes, model_kwargs, vmapped) -> list[TrainResult]:
+    """Trains ``keys.shape[0]`` seeds of one victim (vmapped together, or one seed unbatched)."""
+    t_start = time.perf_counter()
+    run = _setup(model_name, x_train, y_train, x_test, y_test, config, num_classes, model_kwargs)
+
+    def lift(fn, in_axes):
+        return jax.vmap(fn, in_axes=in_axes) if vmapped else fn
+
+    split = jax.vmap(lambda key: jax.random.split(key, 3))(keys)  # [S, 3] keys
+    k_init, k_shuffle, k_step = split[:, 0], split[:, 1], split[:, 2]
+    if not vmapped:
+        k_init, k_shuffle, k_step = k_init[0], k_shuffle[0], k_step[0]
+    state = _init_states(run, k_init, lift)
+    n_seeds = keys.shape[0]
+    state, curves = _train_epochs(run, state, _PhaseSteps(run, hooks, lift), _make_evaluate(run, lift), k_shuffle,
+                                  k_step, lift, n_seeds, config.epochs, config.eval_every, progress)
+    return _results(run, state, curves, n_seeds, vmapped, time.perf_counter() - t_start)
 
 
 def train_and_evaluate(model_name: str, x_train, y_train, x_test, y_test, config: TrainConfig, key: Array, *,

@@ -90,12 +90,16 @@ def _targets(y: Array, num_classes: int) -> Array:
 
 
 def make_train_step(module, spec: ModelSpec, cfg: TrainConfig, tx, num_classes: int,
-                    mean: Array, std: Array, hooks: TrainHooks | None = None):
+                    mean: Array | None, std: Array | None, hooks: TrainHooks | None = None):
     """Pure ``step(state, x_all, y_all, idx [B], step_key) -> (state, (loss_sum, correct))``.
 
     ``state`` is a dict with ``params``, ``batch_stats`` (empty without batch
-    norm), ``opt_state`` and ``step``; ``x_all`` holds the raw training images.
+    norm), ``opt_state`` and ``step`` (:mod:`ntga.train.core`); ``x_all`` holds
+    the raw training images; ``mean``/``std`` [C] standardise them when
+    ``cfg.standardize`` (None otherwise).
     """
+    if cfg.standardize and (mean is None or std is None):
+        raise ValueError("a standardising step needs the per-channel mean and std")
     hooks = hooks or TrainHooks()
     loss_of = hooks.loss_fn or LOSSES[cfg.loss]
     bn = spec.batch_norm
