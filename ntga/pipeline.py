@@ -92,9 +92,10 @@ def generate(split: Split, options: GenerateOptions, out: str | Path, *, seed: i
     Raises:
         UserInputError: any bad setting, before anything is written.
     """
-    from ntga.attack import AttackConfig, make_block_attack, one_hot, to_float
+    from ntga.attack import AttackConfig, make_block_attack, one_hot
     from ntga.kernels import make
     from ntga.methods.fraction import select_protected
+    from ntga.pixels import to_float
     from ntga.runner import BlockJob, assemble_blocks, run_blocks
 
     ds = split.dataset
