@@ -3,7 +3,8 @@
 Public sub-modules:
     ntga.data       dataset specs, loaders, deterministic subsets and splits
     ntga.poisondir  the poison directory format (write / read / verify)
-    ntga.budget     per-image perturbation norms and the budget check
+    ntga.pixels     uint8 <-> float, eps-ball projections, rounding within the budget, norms
+    ntga.budget     the budget check of released images
     ntga.export     a poison directory as a folder of PNGs
     ntga.kernels    infinite-width NNGP/NTK kernels of the reference surrogates
     ntga.gp         closed-form NTK-GP mean predictions

@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from ntga.errors import UserInputError
+from ntga.pixels import as_float, to_uint8
 
 # Tiles are upscaled (nearest neighbour) until they are at least this many
 # pixels on a side, so 8x8 digits are viewable without resampling blur.
@@ -44,7 +45,7 @@ def _as_uint8(images: np.ndarray, what: str) -> np.ndarray:
         if not np.issubdtype(images.dtype, np.floating):
             raise UserInputError(f"{what}: expected uint8 or float images in [0, 1], got dtype {images.dtype}")
         # Previews are for looking at: clip rather than refuse slightly out-of-range floats.
-        images = np.round(np.clip(np.nan_to_num(images), 0.0, 1.0) * 255.0).astype(np.uint8)
+        images = to_uint8(np.nan_to_num(images))
     if images.shape[-1] == 1:
         images = np.repeat(images, 3, axis=-1)
     return images
@@ -103,17 +104,12 @@ def amplify_difference(x_clean: np.ndarray, x_poison: np.ndarray) -> tuple[np.nd
     (the preview draws this scale under the row's label, in /255 units).
     One maximum over all shown images keeps their magnitudes comparable.
     """
-    clean = _to_unit(x_clean)
-    delta = _to_unit(x_poison) - clean
+    clean = as_float(np.asarray(x_clean), np.float64, clip=False)
+    delta = as_float(np.asarray(x_poison), np.float64, clip=False) - clean
     peak = float(np.max(np.abs(delta))) if delta.size else 0.0
     if peak == 0.0:
         return np.full_like(delta, 0.5), 0.0
     return 0.5 + delta / (2.0 * peak), peak
-
-
-def _to_unit(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x)
-    return x.astype(np.float64) / 255.0 if x.dtype == np.uint8 else x.astype(np.float64)
 
 
 def pick_examples(y: np.ndarray, per_class: int, max_columns: int = MAX_COLUMNS) -> np.ndarray:

@@ -20,11 +20,10 @@ from ntga.attack import (
     reference_fgsm_config,
     target_loss,
     target_loss_and_grad,
-    to_float,
-    uint8_linf_cap,
 )
 from ntga.errors import UserInputError
 from ntga.gp import gp_mean
+from ntga.pixels import to_float, uint8_linf_cap
 
 FNN = kernels.make("fnn")
 # Tests share configs where they can: the jitted attack is cached per (kernel_fn, config).
@@ -219,6 +218,14 @@ def test_config_defaults():
     assert config.step_size == pytest.approx(1.1 * 0.3 / 10)
     assert AttackConfig(eps=2.0, norm="l2").eps == 2.0  # L2 budgets may exceed 1
     assert hash(AttackConfig(eps=0.3, steps=np.int64(10))) == hash(config)
+
+
+def test_one_hot():
+    np.testing.assert_array_equal(one_hot(np.array([2, 0]), 3), [[0, 0, 1], [1, 0, 0]])
+    with pytest.raises(UserInputError, match="labels range"):
+        one_hot(np.array([0, 3]), 3)
+    with pytest.raises(UserInputError, match="integer"):
+        one_hot(np.array([0.5]), 3)
 
 
 @pytest.mark.parametrize("change,match", [

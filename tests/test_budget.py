@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ntga.attack import quantize_to_budget
-from ntga.budget import check_budget, perturbation_norms
+from ntga.budget import check_budget
 from ntga.errors import UserInputError
+from ntga.pixels import perturbation_norms, quantize_to_budget
 
 
 def test_check_budget_linf_exact_and_over():

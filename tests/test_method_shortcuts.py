@@ -9,12 +9,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ntga.budget import check_budget, perturbation_norms
+from ntga.budget import check_budget
 from ntga.errors import UserInputError
 from ntga.generate import main
 from ntga.methods import ProtectTask, config_from_options, get_method
 from ntga.methods import ar_process
 from ntga.methods.shortcuts import ar_noise, lsp_grid, ops_scores
+from ntga.pixels import perturbation_norms
 from ntga.poisondir import read_poison_dir
 
 TINY = ["--dataset", "digits", "--train-size", "60", "--target-size", "10", "--no-progress"]

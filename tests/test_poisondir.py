@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ntga import budget
+from ntga import budget, pixels
 from ntga import poisondir as pd
 from ntga.poisondir.checks import sha256_of
 from ntga.errors import UserInputError
@@ -264,5 +264,5 @@ def test_writer_refuses_over_budget_poisons(tmp_path):
 def test_moved_functions_stay_importable_from_poisondir():
     from ntga.poisondir import check_budget, perturbation_norms
 
-    assert check_budget is budget.check_budget and perturbation_norms is budget.perturbation_norms
-    assert not hasattr(pd, "quantize")  # replaced by ntga.attack.quantize_to_budget
+    assert check_budget is budget.check_budget and perturbation_norms is pixels.perturbation_norms
+    assert not hasattr(pd, "quantize")  # replaced by ntga.pixels.quantize_to_budget

@@ -5,6 +5,11 @@ argmax_{||d|| <= eps} loss(x + d, y), approximated by projected gradient
 ascent from a random start, with pixels kept in [0, 1]. Against availability
 poisons, adversarial training is the classic breaker (Tao et al. 2021; APBench
 AT: L-inf 8/255, 10 steps of 2/255).
+
+The ball, steps and start are :mod:`ntga.pixels`'; this PGD runs in
+perturbation space with two details of its own, kept so trained victims do not
+change: L2 norms are floored at ``1e-12`` (not ``finfo.tiny``) before dividing,
+and the L2 step is ``(step_size * g) / ||g||`` (``scale_first``).
 """
 
 from __future__ import annotations
@@ -14,25 +19,13 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-NORMS = ("linf", "l2")
+from ntga.pixels import ascent_step, check_norm, clip_delta, project_delta, random_delta
 
 # Defaults per norm: APBench for L-inf; the common CIFAR-10 L2 setting
 # (eps 0.5, step 0.1) for L2.
 DEFAULT_EPS = {"linf": 8 / 255, "l2": 0.5}
 DEFAULT_STEP = {"linf": 2 / 255, "l2": 0.1}
-
-
-def _l2_norm(v: jax.Array) -> jax.Array:
-    """Per-example L2 norm over all but the batch axis, shaped [B, 1, 1, 1]."""
-    return jnp.sqrt(jnp.sum(v * v, axis=(1, 2, 3), keepdims=True))
-
-
-def project(delta: jax.Array, norm: str, eps: float) -> jax.Array:
-    """Projects perturbations [B, H, W, C] onto the eps-ball of ``norm``."""
-    if norm == "linf":
-        return jnp.clip(delta, -eps, eps)
-    scale = jnp.minimum(1.0, eps / jnp.maximum(_l2_norm(delta), 1e-12))
-    return delta * scale
+_FLOOR = 1e-12  # smallest L2 norm divided by (see the module docstring)
 
 
 def pgd(
@@ -65,35 +58,16 @@ def pgd(
         [B, H, W, C] adversarial images in [0, 1] with ||x_adv - x|| <= eps
         (no gradient flows back through them).
     """
-    if norm not in NORMS:
-        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    check_norm(norm)
     x = jax.lax.stop_gradient(x)
-    if random_start:
-        if norm == "linf":
-            delta = jax.random.uniform(key, x.shape, x.dtype, -eps, eps)
-        else:
-            k_dir, k_rad = jax.random.split(key)
-            direction = jax.random.normal(k_dir, x.shape, x.dtype)
-            direction = direction / jnp.maximum(_l2_norm(direction), 1e-12)
-            # Uniform in the ball: radius ~ eps * u^(1/D).
-            dim = x[0].size
-            radius = eps * jax.random.uniform(k_rad, (x.shape[0], 1, 1, 1), x.dtype) ** (1.0 / dim)
-            delta = direction * radius
-    else:
-        delta = jnp.zeros_like(x)
-    delta = jnp.clip(x + delta, 0.0, 1.0) - x
+    delta = random_delta(key, x.shape, x.dtype, eps, norm, floor=_FLOOR) if random_start else jnp.zeros_like(x)
+    delta = clip_delta(delta, x)
     grad_fn = jax.grad(lambda d: loss_fn(x + d, y))
 
     def step(_, delta):
-        g = grad_fn(delta)
-        if norm == "linf":
-            delta = delta + step_size * jnp.sign(g)
-        else:
-            delta = delta + step_size * g / jnp.maximum(_l2_norm(g), 1e-12)
-        delta = project(delta, norm, eps)
-        # Stay a valid image. Since x is in [0, 1], clipping only shrinks each
-        # coordinate of delta toward 0, so delta stays inside the ball.
-        return jnp.clip(x + delta, 0.0, 1.0) - x
+        delta = delta + ascent_step(grad_fn(delta), step_size, norm, floor=_FLOOR, scale_first=True)
+        # Back into the ball, then a valid image (which cannot leave the ball).
+        return project_delta(delta, x, eps, norm, floor=_FLOOR)
 
     delta = jax.lax.fori_loop(0, steps, step, delta)
     return jax.lax.stop_gradient(x + delta)

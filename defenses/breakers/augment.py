@@ -19,7 +19,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from defenses.breakers._images import soft_labels
+from defenses.breakers._labels import soft_labels
 
 Transform = Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
 

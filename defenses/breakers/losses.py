@@ -15,7 +15,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from defenses.breakers._images import soft_labels
+from defenses.breakers._labels import soft_labels
 
 # log(0) is replaced by this in the reverse cross entropy (Ma et al. 2020, Sec. 4).
 LOG_ZERO = -4.0

@@ -37,8 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from defenses.breakers._images import as_unit_float, check_images
 from ntga.errors import UserInputError
+from ntga.pixels import as_float, check_images
 
 
 def top_eigenvalue(x: jax.Array, iterations: int = 50) -> jax.Array:
@@ -139,13 +139,13 @@ def orthogonal_projection(
     Returns:
         [N, H, W, C] float32 in [0, 1].
     """
-    x = check_images(x, "orthogonal-projection")
+    x = check_images(x, "breaker 'orthogonal-projection'", strict=False)
     y = np.asarray(y)
     if y.ndim != 1 or y.shape[0] != x.shape[0] or not np.issubdtype(y.dtype, np.integer):
         raise UserInputError(
             f"breaker 'orthogonal-projection': labels must be integers [N={x.shape[0]}], got {y.dtype} {y.shape}"
         )
-    flat = jnp.asarray(as_unit_float(x).reshape(x.shape[0], -1), jnp.float32)
+    flat = jnp.asarray(as_float(x).reshape(x.shape[0], -1), jnp.float32)
     labels = jnp.asarray(y, jnp.int32)
     num_classes = int(y.max()) + 1
     weights, _ = fit_linear_classifier(flat, labels, num_classes, int(steps), float(lr))

@@ -25,7 +25,7 @@ from __future__ import annotations
 from functools import partial
 
 from defenses.breakers import squeeze
-from defenses.breakers.adversarial import DEFAULT_EPS, DEFAULT_STEP, NORMS, pgd
+from defenses.breakers.adversarial import DEFAULT_EPS, DEFAULT_STEP, pgd
 from defenses.breakers.augment import make_cutmix, make_cutout, make_mixup
 from defenses.breakers.base import (
     TOUCHES_BATCHES,
@@ -42,6 +42,7 @@ from defenses.breakers.projection import orthogonal_projection
 from defenses.breakers.ueraser import ueraser_augment, ueraser_max
 from ntga.train import TrainHooks
 from ntga.errors import UserInputError
+from ntga.pixels import NORMS
 
 APBENCH = "APBench (Qin et al., 2023; github lafeat/apbench)"
 ISS = "Image Shortcut Squeezing (Liu et al., ICML 2023)"

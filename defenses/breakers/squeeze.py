@@ -18,8 +18,8 @@ import io
 import numpy as np
 from PIL import Image
 
-from defenses.breakers._images import as_uint8, as_unit_float, check_images
 from ntga.errors import UserInputError
+from ntga.pixels import as_float, as_uint8, check_images
 
 # ITU-R BT.601 luma weights: what Pillow's convert("L") and torchvision's
 # Grayscale use, so results match the pipelines the published numbers came from.
@@ -41,7 +41,7 @@ def grayscale(x: np.ndarray) -> np.ndarray:
     Returns:
         [N, H, W, C] of the input's kind (uint8 rounded to nearest).
     """
-    x = check_images(x, "grayscale")
+    x = check_images(x, "breaker 'grayscale'", strict=False)
     channels = x.shape[-1]
     if channels == 1:
         return x
@@ -67,7 +67,7 @@ def jpeg(x: np.ndarray, quality: int = 10) -> np.ndarray:
     Returns:
         [N, H, W, C] uint8.
     """
-    x = as_uint8(check_images(x, "jpeg"))
+    x = as_uint8(check_images(x, "breaker 'jpeg'", strict=False))
     channels = x.shape[-1]
     if channels not in (1, 3):
         raise UserInputError(f"breaker 'jpeg': needs 1 or 3 channels, got {channels}")
@@ -98,11 +98,11 @@ def bit_depth_reduction(x: np.ndarray, bits: int = 2) -> np.ndarray:
     Returns:
         [N, H, W, C] uint8.
     """
-    x = check_images(x, "bdr")
+    x = check_images(x, "breaker 'bdr'", strict=False)
     top = (1 << int(bits)) - 1
     out = np.empty(x.shape, np.uint8)
     for start in range(0, x.shape[0], _CHUNK):
-        unit = as_unit_float(x[start : start + _CHUNK]).astype(np.float64)
+        unit = as_float(x[start : start + _CHUNK]).astype(np.float64)
         level = np.rint(unit * top)
         out[start : start + _CHUNK] = np.rint(level * (255.0 / top)).astype(np.uint8)
     return out
@@ -133,7 +133,7 @@ def gaussian_blur(x: np.ndarray, kernel: int = 3, sigma: float = 0.1) -> np.ndar
         [N, H, W, C] float32 in [0, 1] (not re-quantised, so a mild blur is
         not rounded away).
     """
-    x = check_images(x, "blur")
+    x = check_images(x, "breaker 'blur'", strict=False)
     weights = gaussian_kernel_1d(int(kernel), float(sigma)).astype(np.float32)
     half = int(kernel) // 2
     _, height, width, _ = x.shape
@@ -144,7 +144,7 @@ def gaussian_blur(x: np.ndarray, kernel: int = 3, sigma: float = 0.1) -> np.ndar
         )
     out = np.empty(x.shape, np.float32)
     for start in range(0, x.shape[0], _CHUNK):
-        img = as_unit_float(x[start : start + _CHUNK])
+        img = as_float(x[start : start + _CHUNK])
         # Separable: rows then columns; each pass is a weighted sum of shifts.
         pad = np.pad(img, ((0, 0), (half, half), (0, 0), (0, 0)), mode="reflect")
         img = sum(w * pad[:, i : i + height] for i, w in enumerate(weights))

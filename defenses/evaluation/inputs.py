@@ -26,11 +26,11 @@ from typing import Any
 
 import numpy as np
 
-from ntga.attack import to_float, to_uint8
 from ntga.data import Dataset, Split, load_dataset, make_split
 from ntga.data.load import parse_spec
 from ntga.data.limits import DecodeLimits
 from ntga.errors import UserInputError
+from ntga.pixels import check_images, to_float, to_uint8
 from ntga.poisondir import X_FILE, Y_FILE, PoisonSet, read_poison_dir
 
 # Generation settings worth repeating next to the results (when present in a manifest).
@@ -203,22 +203,12 @@ def is_poison_dir(source: str | Path) -> bool:
 
 def _foreign_images(x: Any, where: str, shape: tuple[int, ...]) -> tuple[np.ndarray, dict[str, Any]]:
     """Poisoned images as uint8 [N, H, W, C]; floats in [0, 1] are rounded to the nearest level."""
-    x = np.asarray(x)
-    if x.ndim == 3 and len(shape) == 3 and shape[-1] == 1:
-        x = x[..., None]
-    if x.ndim != 4 or tuple(x.shape[1:]) != tuple(shape):
+    x = check_images(x, where, add_channel=len(shape) == 3 and shape[-1] == 1)
+    if tuple(x.shape[1:]) != tuple(shape):
         raise UserInputError(f"{where}: images of shape {x.shape} do not match the clean dataset's "
                              f"[N, {', '.join(map(str, shape))}]")
-    if x.shape[0] == 0:
-        raise UserInputError(f"{where}: no images")
     if x.dtype == np.uint8:
         return x, {"pixels": "uint8"}
-    if not np.issubdtype(x.dtype, np.floating):
-        raise UserInputError(f"{where}: images must be uint8 in [0, 255] or float in [0, 1], got dtype {x.dtype}")
-    lo, hi = float(np.min(x)), float(np.max(x))
-    if not (np.isfinite(lo) and np.isfinite(hi)) or lo < -1e-6 or hi > 1 + 1e-6:
-        raise UserInputError(f"{where}: float images must lie in [0, 1], found [{lo:g}, {hi:g}]"
-                             + (" (divide by 255 first?)" if hi <= 255 and hi > 1 else ""))
     out, change = np.empty(x.shape, np.uint8), 0.0
     for start in range(0, len(x), 4096):  # chunks: no float64 copy of a whole CIFAR-sized array
         part = np.clip(np.asarray(x[start:start + 4096], np.float64), 0.0, 1.0)

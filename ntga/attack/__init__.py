@@ -3,7 +3,8 @@
 Usage::
 
     from ntga import kernels
-    from ntga.attack import AttackConfig, poison_block, one_hot, to_float
+    from ntga.attack import AttackConfig, poison_block, one_hot
+    from ntga.pixels import to_float
 
     config = AttackConfig(eps=8 / 255, t=8.0)              # 10 steps of 1.1 * eps / 10
     result = poison_block(kernels.make("cnn"), x_block, y_block, x_target, y_target, config)
@@ -15,8 +16,9 @@ step) and :func:`evaluate_block`. :func:`reference_fgsm_config` reproduces the
 reference implementation's effective one-step FGSM.
 
 Modules: ``config`` (AttackConfig), ``block`` (loss, gradient, step, attack),
-``projections`` (ascent directions, eps-balls, random starts), ``pixels``
-(uint8 <-> float, one-hot, rounding within budget).
+``labels`` (one-hot targets). The pixel pieces it is built from (ascent
+directions, eps-balls, random starts, uint8 <-> float, rounding within the
+budget) live in :mod:`ntga.pixels`.
 """
 
 from ntga.attack.block import (
@@ -30,15 +32,12 @@ from ntga.attack.block import (
     target_loss,
     target_loss_and_grad,
 )
-from ntga.attack.config import NORMS, AttackConfig, reference_fgsm_config
-from ntga.attack.pixels import one_hot, quantize_to_budget, to_float, to_uint8, uint8_linf_cap
-from ntga.attack.projections import ascent_direction, project, random_start
+from ntga.attack.config import AttackConfig, reference_fgsm_config
+from ntga.attack.labels import one_hot
 
 __all__ = [
-    "NORMS",
     "AttackConfig",
     "BlockResult",
-    "ascent_direction",
     "chunk_targets",
     "evaluate_block",
     "make_block_attack",
@@ -46,13 +45,7 @@ __all__ = [
     "make_pgd_step",
     "one_hot",
     "poison_block",
-    "project",
-    "quantize_to_budget",
-    "random_start",
     "reference_fgsm_config",
     "target_loss",
     "target_loss_and_grad",
-    "to_float",
-    "to_uint8",
-    "uint8_linf_cap",
 ]

@@ -33,10 +33,9 @@ import numpy as np
 from jax import lax
 
 from ntga.attack.config import AttackConfig
-from ntga.attack.pixels import quantize_to_budget, to_float
-from ntga.attack.projections import ascent_direction, project, random_start
 from ntga.errors import UserInputError
 from ntga.gp import gp_mean_coefficients
+from ntga.pixels import ascent_step, project, quantize_to_budget, random_start, to_float
 
 __all__ = [
     "BlockResult",
@@ -168,7 +167,7 @@ def target_loss_and_grad(kernel_fn: KernelFn, config: AttackConfig, x: jax.Array
 
 def _pgd_update(config: AttackConfig, x_adv: jax.Array, grad: jax.Array, x_block: jax.Array) -> jax.Array:
     """One ascent step followed by projection onto the eps-ball and [0, 1]."""
-    x_new = x_adv + config.step_size * ascent_direction(grad, config.norm)
+    x_new = x_adv + ascent_step(grad, config.step_size, config.norm)
     return project(x_new, x_block, config.eps, config.norm).astype(x_adv.dtype)
 
 
@@ -339,7 +338,7 @@ def _check_arrays(x_block: Any, y_block: Any, x_target: Any, y_target: Any) -> N
             raise UserInputError(f"{name} has shape {tuple(x.shape)}; expected images [n, H, W, C]")
         if not jnp.issubdtype(x.dtype, jnp.floating):
             raise UserInputError(f"{name} has dtype {x.dtype}; expected floats in [0, 1] "
-                                 "(convert uint8 with ntga.attack.to_float)")
+                                 "(convert uint8 with ntga.pixels.to_float)")
         lo, hi = float(jnp.min(x)), float(jnp.max(x))
         if lo < 0 or hi > 1:
             raise UserInputError(f"{name} has values in [{lo:g}, {hi:g}]; expected pixels in [0, 1]")

@@ -7,10 +7,9 @@ from dataclasses import dataclass, field
 from numbers import Integral, Real
 
 from ntga.errors import UserInputError
+from ntga.pixels import NORMS
 
-__all__ = ["NORMS", "AttackConfig", "reference_fgsm_config"]
-
-NORMS = ("linf", "l2")
+__all__ = ["AttackConfig", "reference_fgsm_config"]
 
 
 def _is_real(value) -> bool:

@@ -20,6 +20,7 @@ import numpy as np
 from ntga.data.dataset import Arrays, source_hasher, update_with_file
 from ntga.data.limits import DecodeBudget, DecodeLimits
 from ntga.errors import UserInputError
+from ntga.pixels import to_uint8
 
 VERSION = 1
 REQUIRED = ("x_train", "y_train", "x_test", "y_test")
@@ -49,7 +50,7 @@ def _images(x: np.ndarray, name: str, where: str) -> np.ndarray:
     if x.dtype.kind == "f":
         if not np.isfinite(x).all() or x.min(initial=0.0) < 0.0 or x.max(initial=0.0) > 1.0:
             raise UserInputError(f"{where}: float {name} must lie in [0, 1] (found values outside or NaN)")
-        return np.rint(x * 255.0).astype(np.uint8)
+        return to_uint8(x)  # in [0, 1] already, so its clip changes nothing
     if x.dtype.kind in "iu":
         if x.size and (x.min() < 0 or x.max() > 255):
             raise UserInputError(f"{where}: integer {name} must lie in 0..255, found {x.min()}..{x.max()}")

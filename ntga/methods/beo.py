@@ -81,11 +81,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ntga.attack import quantize_to_budget, to_float
 from ntga.errors import UserInputError
 from ntga.methods.base import MethodSpec, Protected, ProtectTask, grey_or_colour_eps
 from ntga.methods import beo_estimate as est
 from ntga.run.blocks import BlockJob
+from ntga.pixels import ascent_step, linf_box, quantize_to_budget, to_float
 
 _BANDWIDTH_SAMPLE = 1024  # clean images for the median heuristic and the feature standardisation
 _STATS = ("bayes_error_before", "bayes_error_after", "loo_error_before", "loo_error_after",
@@ -174,6 +174,8 @@ def make_block_attack(phi: est.FeatureFn, bandwidth: float, num_classes: int, co
 
     def attack(x_block, y_block, valid, x_ref, y_ref):
         x0 = to_float(x_block, jnp.float32)
+        # clip(x, lo, hi) equals the former clip(clip(x, x0 - eps, x0 + eps), 0, 1) bit for bit: min and max are exact.
+        lo, hi = linf_box(x0, eps)
         if x_ref.shape[0]:
             z_ref = phi(to_float(x_ref, jnp.float32))
             ref_sq = est.pairwise_sq_dists(z_ref, z_ref)  # constant over the steps
@@ -194,8 +196,7 @@ def make_block_attack(phi: est.FeatureFn, bandwidth: float, num_classes: int, co
 
         def ascend(_, x):
             g = jax.grad(objective)(x)
-            x = jnp.clip(x + step * jnp.sign(g), x0 - eps, x0 + eps)
-            return jnp.clip(x, 0.0, 1.0)
+            return jnp.clip(x + ascent_step(g, step, "linf"), lo, hi)
 
         x_adv = jax.lax.fori_loop(0, config.steps, ascend, x0)
         x_out = quantize_to_budget(x_adv, x0, eps, "linf")

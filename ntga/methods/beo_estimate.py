@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ntga.errors import UserInputError
+from ntga.pixels import to_float
 
 FeatureFn = Callable[[jax.Array], jax.Array]
 
@@ -122,7 +123,7 @@ def make_feature_fn(features: str | None, x_clean: np.ndarray, num_classes: int,
     from ntga.methods.surrogate import readout_features
 
     module = get_model(features).build(num_classes=max(int(num_classes), 2))
-    sample = x_clean.astype(np.float32) / 255.0
+    sample = to_float(x_clean)
     mean = jnp.asarray(sample.mean(axis=(0, 1, 2)), jnp.float32)
     std = jnp.asarray(sample.std(axis=(0, 1, 2)) + 1e-3, jnp.float32)
     variables = module.init(key, jnp.zeros((1, *x_clean.shape[1:]), jnp.float32), train=False)

@@ -54,9 +54,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ntga.attack import to_float, to_uint8
 from ntga.errors import UserInputError
 from ntga.methods.base import MethodSpec, Protected, ProtectTask
+from ntga.pixels import to_float, to_uint8
 
 # Domain strings keep the recorded digest and the filter secret unrelated and
 # make precomputed tables of plain sha256(passphrase) useless.

@@ -60,11 +60,12 @@ from tqdm.auto import tqdm
 
 from ntga.train.inputs import channel_stats
 from ntga.models import MODELS
-from ntga.attack import quantize_to_budget, to_float
 from ntga.errors import UserInputError
 from ntga.methods.base import MethodSpec, Protected, ProtectTask, grey_or_colour_eps
 from ntga.methods.surrogate import make_surrogate, padded_batches
 from ntga.methods.tree_io import load_tree, save_tree
+from ntga.pixels import (ascent_step, clip_delta, project_ball, project_delta, quantize_to_budget, random_delta,
+                         to_float)
 
 CPU_SURROGATE_WIDTH = 4  # small-cnn width when none is given (CPU-feasible; see the module docstring)
 CHECKPOINT = "em_state.npz"
@@ -157,12 +158,12 @@ def _round_fns(sur, classwise: bool):
                 g = sur.input_grad(state, poisoned(x, d, y), y, valid)
                 # The paper's class-wise step: one signed step on the gradient summed over the class's images.
                 g_class = jax.ops.segment_sum(g, y, num_segments=num_classes)
-                return jnp.clip(d - alpha * jnp.sign(g_class), -eps, eps)
+                return project_ball(d - ascent_step(g_class, alpha, "linf"), eps, "linf")
         else:
             def body(_, d):  # d: [B, H, W, C]
                 g = sur.input_grad(state, poisoned(x, d, y), y, valid)
-                d = jnp.clip(d - alpha * jnp.sign(g), -eps, eps)
-                return jnp.clip(x + d, 0.0, 1.0) - x  # stay on valid pixels
+                # A signed descent step, back into the ball, then onto valid pixels.
+                return project_delta(d - ascent_step(g, alpha, "linf"), x, eps, "linf")
 
         return jax.lax.fori_loop(0, steps, body, noise)
 
@@ -203,9 +204,9 @@ def protect_em(task: ProtectTask, config: EMConfig, key: jax.Array) -> Protected
     k_delta, k_init, k_shuffle, k_step = jax.random.split(key, 4)
 
     shape = (k, *x.shape[1:]) if classwise else x.shape
-    delta = np.array(jax.random.uniform(k_delta, shape, jnp.float32, -eps, eps))  # writable copy
+    delta = np.array(random_delta(k_delta, shape, jnp.float32, eps, "linf"))  # writable copy
     if not classwise:
-        delta = np.clip(x + delta, 0.0, 1.0) - x
+        delta = clip_delta(delta, x)  # numpy in, numpy out
     state = sur.init(k_init, x.shape[1:], mean, std)
     rounds, acc = 0, 0.0
     path = None if task.workdir is None else task.workdir / CHECKPOINT

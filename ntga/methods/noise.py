@@ -16,9 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ntga.attack import quantize_to_budget, to_float
 from ntga.errors import UserInputError
 from ntga.methods.base import MethodSpec, Protected, ProtectTask, grey_or_colour_eps
+from ntga.pixels import quantize_to_budget, random_delta, to_float
 
 
 @dataclass(frozen=True)
@@ -50,10 +50,10 @@ def protect_random(task: ProtectTask, config: RandomNoiseConfig, key: jax.Array)
     eps = float(config.eps)
     shape = task.x.shape[1:]
     if config.noise == "class-wise":
-        patterns = jax.random.uniform(key, (task.num_classes, *shape), jnp.float32, -eps, eps)
+        patterns = random_delta(key, (task.num_classes, *shape), jnp.float32, eps, "linf")
         delta = patterns[jnp.asarray(task.y)]
     else:
-        delta = jax.random.uniform(key, task.x.shape, jnp.float32, -eps, eps)
+        delta = random_delta(key, task.x.shape, jnp.float32, eps, "linf")
     x = to_float(jnp.asarray(task.x), jnp.float32)
     x_adv = jnp.clip(x + delta, 0.0, 1.0)
     x_uint8 = np.asarray(quantize_to_budget(x_adv, x, eps, "linf"))

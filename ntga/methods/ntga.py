@@ -99,7 +99,8 @@ def _resolve(config: NTGAConfig, image_shape: tuple[int, ...], num_images: int |
 
 def _prepare(task: ProtectTask, config: NTGAConfig):
     """The kernel, the attack's settings and the block job (float images, one-hot labels) of ``task``."""
-    from ntga.attack import make_block_attack, one_hot, to_float
+    from ntga.attack import make_block_attack, one_hot
+    from ntga.pixels import to_float
     from ntga.kernels import make
 
     kernel_fn = make(config.kernel, **config.kernel_overrides)

@@ -80,12 +80,12 @@ from ntga.train.inputs import channel_stats, standardize
 from ntga.models import MODELS, get_model
 from ntga.methods.surrogate import refuse_victim_only
 from ntga import workfiles
-from ntga.attack import quantize_to_budget, to_float
 from ntga.errors import UserInputError
 from ntga.methods.base import MethodSpec, Protected, ProtectTask, grey_or_colour_eps
 from ntga.methods.sep_surrogate import (Checkpoints, class_centres, init_variables, load_checkpoints, make_predict,
                                         model_variables, pad_to, readout_features, save_checkpoints,
                                         train_with_checkpoints)
+from ntga.pixels import ascent_step, linf_box, quantize_to_budget, to_float
 
 CHECKPOINT_FILE = "sep_checkpoints.npz"
 PROGRESS_FILE = "sep_progress.npz"
@@ -205,7 +205,7 @@ def _mean(grads: list[jax.Array]) -> jax.Array:
 @jax.jit
 def _signed_step(x, direction, lo, hi, alpha):
     """x - alpha * sign(direction), projected onto the budget box [lo, hi] (already inside [0, 1])."""
-    return jnp.clip(x - alpha * jnp.sign(direction), lo, hi)
+    return jnp.clip(x - ascent_step(direction, alpha, "linf"), lo, hi)
 
 
 @jax.jit
@@ -217,7 +217,7 @@ def _vr_update(acc, g_inner, g_k, g_ens):
 @functools.partial(jax.jit, static_argnames=("eps",))
 def _box(x_uint8, eps):
     x0 = to_float(x_uint8, jnp.float32)
-    return x0, jnp.clip(x0 - eps, 0.0, 1.0), jnp.clip(x0 + eps, 0.0, 1.0)
+    return (x0, *linf_box(x0, eps))
 
 
 @functools.partial(jax.jit, static_argnames=("eps",))

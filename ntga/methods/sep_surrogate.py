@@ -28,10 +28,10 @@ from tqdm.auto import tqdm
 
 from ntga.train.inputs import channel_stats, standardize
 from ntga.train import TrainConfig, core, make_optimizer, make_train_step
-from ntga.attack import to_float
 from ntga.errors import UserInputError
 from ntga.methods.tree_io import load_tree, save_tree
 from ntga.methods.surrogate import readout_features
+from ntga.pixels import to_float
 
 Variables = Any  # {"params": ..., "batch_stats": ...}; leaves stacked over checkpoints: [n, ...]
 

@@ -63,10 +63,10 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from ntga.attack import quantize_to_budget, to_float
 from ntga.errors import UserInputError
 from ntga.methods.ar_process import DEFAULT_MIN_RESPONSE, find_processes, sample_batch
 from ntga.methods.base import MethodSpec, Protected, ProtectTask, grey_or_colour_eps
+from ntga.pixels import NORMS, quantize_to_budget, to_float, to_uint8
 
 LSP_L2_PER_PIXEL = 6 / 255  # the LSP paper's L2 radius is 6/255 * sqrt(H W C) (see the docstring)
 AR_L2_DEFAULT = 1.0  # the AR paper's CIFAR-10 budget
@@ -74,7 +74,7 @@ _BATCH = 1024  # images per jitted chunk (AR: min(_BATCH, N) per call, the last 
 
 
 def _check_budget_fields(eps: float | None, norm: str) -> None:
-    if norm not in ("l2", "linf"):
+    if norm not in NORMS:
         raise UserInputError(f"norm must be l2 or linf, got {norm!r}")
     if eps is None:
         return
@@ -244,7 +244,7 @@ def ops_scores(x_class: np.ndarray, objective: str) -> np.ndarray:
       float64 [H * W, 2^C] scores (larger is better).
     """
     n, h, w, c = x_class.shape
-    x = x_class.reshape(n, h * w, c).astype(np.float64) / 255.0
+    x = to_float(x_class.reshape(n, h * w, c), np.float64)
     colours = extreme_colours(c)
     b = 1.0 - 2.0 * colours  # [Q, C]
     mean_c = x.mean(axis=0)  # [P, C]
@@ -286,7 +286,7 @@ def protect_ops(task: ProtectTask, config: OPSConfig, key: jax.Array) -> Protect
     del key  # deterministic: the choice depends on the data only
     n, c = task.x.shape[0], task.x.shape[-1]
     chosen = ops_search(task.x, task.y, task.num_classes, config.objective)
-    colours = (extreme_colours(c) * 255).astype(np.uint8)
+    colours = to_uint8(extreme_colours(c))
     table = np.zeros((task.num_classes, 3), np.int64)  # row, col, colour per class
     for k, pick in chosen.items():
         table[k] = pick

@@ -17,23 +17,25 @@ so the protected data can be used from PyTorch or anything else that reads numpy
 The manifest records the generation settings verbatim plus the sha256, shape and
 dtype of every array file, which :func:`verify_poison_dir` checks before anything
 trusts the arrays. Images are stored as uint8, so the budget must hold *after*
-rounding: :func:`ntga.attack.quantize_to_budget` rounds within the budget and
+rounding: :func:`ntga.pixels.quantize_to_budget` rounds within the budget and
 :func:`ntga.budget.check_budget` checks it (the writer runs it when given the clean images).
 
-Budget checks live in :mod:`ntga.budget` (``check_budget`` and ``perturbation_norms``
-stay importable from here) and the PNG export in :mod:`ntga.export`. Modules:
+The budget check lives in :mod:`ntga.budget` and the norms it measures in
+:mod:`ntga.pixels` (``check_budget`` and ``perturbation_norms`` stay importable
+from here), the PNG export in :mod:`ntga.export`. Modules:
 ``layout`` (file names, :class:`PoisonSet`), ``checks`` (validation of arrays and
 manifest values), ``write`` (:func:`write_poison_dir`) and ``read``
 (:func:`read_poison_dir`, :func:`verify_poison_dir`).
 """
 
-from ntga.budget import check_budget, perturbation_norms
+from ntga.budget import check_budget
+from ntga.pixels import perturbation_norms
 from ntga.poisondir.layout import (ARRAY_FILES, FORMAT_VERSION, MANIFEST, PREVIEW, PROTECTED_FILE, REQUIRED_FILES,
                                    RESERVED_KEYS, SOURCE_FILE, TARGET_FILE, X_FILE, Y_FILE, PoisonSet)
 from ntga.poisondir.read import read_poison_dir, verify_poison_dir
 from ntga.poisondir.write import write_poison_dir
 
-# check_budget and perturbation_norms come from ntga.budget and are re-exported
+# check_budget (ntga.budget) and perturbation_norms (ntga.pixels) are re-exported
 # so existing ``from ntga.poisondir import ...`` keeps working.
 __all__ = [
     "ARRAY_FILES", "FORMAT_VERSION", "MANIFEST", "PREVIEW", "PROTECTED_FILE", "PoisonSet", "REQUIRED_FILES", "RESERVED_KEYS",

@@ -43,7 +43,7 @@ def checked_positions(a: Any, n: int, name: str = "protected_positions") -> np.n
 def check_images(x: Any, name: str) -> np.ndarray:
     x = np.asarray(x)
     if x.dtype != np.uint8:
-        raise UserInputError(f"{name} must be uint8 (round within the budget with ntga.attack.quantize_to_budget), got {x.dtype}")
+        raise UserInputError(f"{name} must be uint8 (round within the budget with ntga.pixels.quantize_to_budget), got {x.dtype}")
     if x.ndim != 4 or x.shape[-1] not in (1, 3):
         raise UserInputError(f"{name} must have shape [N, H, W, C] with C in (1, 3), got {x.shape}")
     return x

@@ -9,8 +9,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from ntga import atomic
-from ntga.budget import NORMS, check_budget
+from ntga.budget import check_budget
 from ntga.errors import UserInputError
+from ntga.pixels import NORMS
 from ntga.poisondir.checks import (check_images, check_labels, checked_positions, index_array, jsonable,
                                    library_versions, sha256_of)
 from ntga.poisondir.layout import (ARRAY_FILES, FORMAT_VERSION, MANIFEST, PREVIEW, PROTECTED_FILE, RESERVED_KEYS,

@@ -12,13 +12,6 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def to_unit_float(x: jax.Array) -> jax.Array:
-    """uint8 [0, 255] -> float32 [0, 1]; floats are only cast to float32."""
-    if x.dtype == jnp.uint8:
-        return x.astype(jnp.float32) / 255.0
-    return x.astype(jnp.float32)
-
-
 def channel_stats(x: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and standard deviation of images in pixel units.
 
@@ -33,6 +26,8 @@ def channel_stats(x: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, np.ndar
         mean [C] and std [C] as float32; a constant channel gets std 1 so
         standardising it gives zeros instead of NaN.
     """
+    # Times 1/255 in float64, not ntga.pixels.to_float's division: the two can differ in the last
+    # bit, and these statistics standardise every victim's input, so they keep their own arithmetic.
     scale = 1.0 / 255.0 if x.dtype == np.uint8 else 1.0
     c = x.shape[-1]
     total = np.zeros(c)

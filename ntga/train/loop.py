@@ -17,6 +17,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ntga.errors import UserInputError
+from ntga.pixels import as_float, check_images
 
 from . import inputs as aug
 from ..models import MIN_IMAGE_SIZE, get_model
@@ -27,25 +28,13 @@ from .step import make_eval_step, make_optimizer, make_train_step
 DATA_INIT_IMAGES = 10_000  # training images a data-dependent init (whitening) looks at
 
 
-def _check_images(name: str, x: Any) -> np.ndarray:
-    x = np.asarray(x)
-    if x.ndim == 3:
-        x = x[..., None]
-    if x.ndim != 4:
-        raise UserInputError(f"{name} must be images [N, H, W, C] (or [N, H, W]), got shape {x.shape}")
+def _victim_images(name: str, x: Any) -> np.ndarray:
+    """Images the victims can train on: uint8 as stored, floats as float32 (greyscale [N, H, W] gains C = 1)."""
+    x = check_images(x, name, add_channel=True)
     if x.shape[1] < MIN_IMAGE_SIZE or x.shape[2] < MIN_IMAGE_SIZE:
         raise UserInputError(f"{name} images are {x.shape[1]}x{x.shape[2]}; the victims need at least "
                              f"{MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE}")
-    if x.shape[0] == 0:
-        raise UserInputError(f"{name} is empty")
-    if x.dtype == np.uint8:
-        return x
-    if not np.issubdtype(x.dtype, np.floating):
-        raise UserInputError(f"{name} must be uint8 in [0, 255] or float in [0, 1], got dtype {x.dtype}")
-    lo, hi = float(np.min(x)), float(np.max(x))
-    if not (np.isfinite(lo) and np.isfinite(hi)) or lo < -1e-6 or hi > 1 + 1e-6:
-        raise UserInputError(f"{name} float pixels must lie in [0, 1], found range [{lo}, {hi}]")
-    return x.astype(np.float32)
+    return x if x.dtype == np.uint8 else x.astype(np.float32)
 
 
 def _check_labels(name: str, y: Any, n: int) -> np.ndarray:
@@ -58,7 +47,7 @@ def _check_labels(name: str, y: Any, n: int) -> np.ndarray:
 
 
 def _prepare(x_train, y_train, x_test, y_test, num_classes, batch_size):
-    x_train, x_test = _check_images("x_train", x_train), _check_images("x_test", x_test)
+    x_train, x_test = _victim_images("x_train", x_train), _victim_images("x_test", x_test)
     if x_train.shape[1:] != x_test.shape[1:]:
         raise UserInputError(f"x_train images {x_train.shape[1:]} and x_test images {x_test.shape[1:]} differ in shape")
     y_train = _check_labels("y_train", y_train, x_train.shape[0])
@@ -127,7 +116,7 @@ def _init_states(run: _Setup, k_init: Array, lift: Callable) -> dict:
     # model will: in pixel units, standardised when the config standardises.
     x_init = None
     if run.spec.data_init is not None:
-        x_init = np.asarray(aug.to_unit_float(jnp.asarray(run.x_train[:DATA_INIT_IMAGES])))
+        x_init = np.asarray(as_float(jnp.asarray(run.x_train[:DATA_INIT_IMAGES]), clip=False))
         if run.cfg.standardize:
             x_init = np.asarray(aug.standardize(jnp.asarray(x_init), run.mean, run.std))
 

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import optax
 
 from ntga.errors import UserInputError
+from ntga.pixels import as_float
 
 from . import inputs as aug
 from ..models import ModelSpec
@@ -123,7 +124,7 @@ def make_train_step(module, spec: ModelSpec, cfg: TrainConfig, tx, num_classes: 
 
     def step(state, x_all, y_all, idx, step_key):
         k_drop, k_aug, k_hook, k_adv = jax.random.split(jax.random.fold_in(step_key, state["step"]), 4)
-        x, y = aug.to_unit_float(x_all[idx]), y_all[idx]
+        x, y = as_float(x_all[idx], clip=False), y_all[idx]
         shape = x.shape
         if cfg.augment:
             x = aug.random_crop_flip(k_aug, x)
@@ -170,7 +171,7 @@ def make_eval_step(module, spec: ModelSpec, cfg: TrainConfig, mean: Array, std: 
     """Pure ``eval_step(state, x [B,...] raw, y [B], mask [B] bool) -> number correct`` (with ``cfg.tta``)."""
 
     def eval_step(state, x, y, mask):
-        x = aug.to_unit_float(x)
+        x = as_float(x, clip=False)
         if cfg.standardize:
             x = aug.standardize(x, mean, std)
         variables = {"params": state["params"], **({"batch_stats": state["batch_stats"]} if spec.batch_norm else {})}

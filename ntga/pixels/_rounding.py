@@ -1,9 +1,9 @@
-"""Pixel conventions in one place: [0, 1] floats for the attack, uint8 for storage.
+"""Rounding to uint8 within the budget, and measuring perturbations.
 
-The attack works on floats in [0, 1]; poison directories store uint8. Rounding
-to the uint8 grid can push a perturbation just past its budget, so
+Rounding to the uint8 grid can push a perturbation just past its budget, so
 :func:`quantize_to_budget` rounds *and* restores the budget, which is what the
-released images must satisfy.
+released images must satisfy; :func:`perturbation_norms` measures it in float64
+on the stored arrays (``ntga.budget.check_budget`` compares it with eps).
 """
 
 from __future__ import annotations
@@ -15,42 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from ntga.errors import UserInputError
+from ntga.pixels._ball import check_norm, unknown_norm
+from ntga.pixels._convert import to_uint8, unit_float64
 
-__all__ = ["one_hot", "quantize_to_budget", "to_float", "to_uint8", "uint8_linf_cap"]
-
-
-def _xp(x):
-    """numpy for numpy inputs (host data stays on the host), jax.numpy otherwise."""
-    return np if isinstance(x, (np.ndarray, np.generic)) else jnp
-
-
-def to_float(x_uint8, dtype=np.float32):
-    """uint8 pixels [...] -> floats in [0, 1] of ``dtype`` (``x / 255``)."""
-    xp = _xp(x_uint8)
-    return xp.asarray(x_uint8).astype(dtype) / xp.asarray(255, dtype=dtype)
-
-
-def to_uint8(x):
-    """Floats in [0, 1] [...] -> nearest uint8 pixels (clipped first; ties to even)."""
-    xp = _xp(x)
-    return xp.round(xp.clip(x, 0.0, 1.0) * 255.0).astype(xp.uint8)
-
-
-def one_hot(labels, num_classes: int, dtype=np.float32) -> np.ndarray:
-    """Integer labels [n] -> one-hot rows [n, num_classes] (numpy).
-
-    Raises:
-        UserInputError: labels that are not integers in ``[0, num_classes)``.
-    """
-    labels = np.asarray(labels)
-    if num_classes < 1:
-        raise UserInputError(f"num_classes={num_classes} is invalid; expected an integer >= 1")
-    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-        raise UserInputError(f"labels must be a 1-D integer array, got shape {labels.shape} dtype {labels.dtype}")
-    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise UserInputError(
-            f"labels range over [{labels.min()}, {labels.max()}]; accepted: integers in [0, {num_classes - 1}]")
-    return np.eye(num_classes, dtype=dtype)[labels]
+__all__ = ["perturbation_norms", "quantize_to_budget", "uint8_linf_cap"]
 
 
 def uint8_linf_cap(eps: float) -> int:
@@ -100,7 +68,32 @@ def quantize_to_budget(x_adv: jax.Array, x_block: jax.Array, eps: float, norm: s
         shrunk = jnp.trunc(d * scale)
         r = jnp.where(r_norm > radius * margin, shrunk, r)
     else:
-        raise UserInputError(f"norm={norm!r} is invalid; accepted: 'linf', 'l2'")
+        raise unknown_norm(norm)
     # base + r is already in [0, 255] (x_adv was clipped and r moves toward base); the
     # clip only guards the integer cast.
     return jnp.clip(base + r.astype(jnp.int32), 0, 255).astype(jnp.uint8)
+
+
+def perturbation_norms(x_clean: np.ndarray, x_poison: np.ndarray, norm: str, chunk: int = 4096) -> np.ndarray:
+    """Per-image perturbation norms in [0, 1] pixel units.
+
+    Args:
+      x_clean, x_poison: [N, ...] uint8, or float in [0, 1]; same shape.
+      norm: "linf" (max |delta|) or "l2" (sqrt of the sum of squares over all pixels of one image).
+      chunk: images per float64 conversion.
+
+    Returns:
+      float64 [N].
+    """
+    check_norm(norm)
+    x_clean, x_poison = np.asarray(x_clean), np.asarray(x_poison)
+    if x_clean.shape != x_poison.shape or x_clean.ndim < 1:
+        raise UserInputError(f"clean images {x_clean.shape} and poisoned images {x_poison.shape} must have the same shape [N, ...]")
+    out = np.empty(x_clean.shape[0], np.float64)
+    # Chunked so a 50k-image CIFAR set never needs a float64 copy of the whole array.
+    for start in range(0, x_clean.shape[0], chunk):
+        sl = slice(start, start + chunk)
+        delta = (unit_float64(x_poison[sl], "poisoned images")
+                 - unit_float64(x_clean[sl], "clean images")).reshape(len(out[sl]), -1)
+        out[sl] = np.abs(delta).max(axis=1, initial=0.0) if norm == "linf" else np.sqrt(np.sum(delta * delta, axis=1))
+    return out
