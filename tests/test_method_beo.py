@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +11,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ntga import workfiles
 from ntga.budget import check_budget
 from ntga.errors import UserInputError
 from ntga.generate import main
@@ -137,24 +138,33 @@ def test_clean_rest_changes_the_result(key):
 
 
 def test_resume_reuses_finished_blocks(tmp_path, key):
+    from ntga.run.blocks import BlockRunner
+    from ntga.run.workdir import WorkDir
+
     x, y = _two_class_images(12, 1)
     config = SPEC.resolved(BEOConfig(steps=2, block_size=4, reference_size=4), (8, 8, 1))
-    task = ProtectTask(x=x, y=y, num_classes=2, workdir=tmp_path)
-    first = SPEC.protect(task, config, key)
-    files = sorted(tmp_path.glob("beo_block_*.npz"))
-    assert len(files) == 3
+    work = WorkDir(tmp_path / "out")
+    work.open({"method": "beo"}, resume=False)
+
+    def task(resume):
+        return ProtectTask(x=x, y=y, num_classes=2, blocks=BlockRunner(work, resume=resume))
+
+    first = SPEC.protect(task(False), config, key)
+    assert work.finished(3) == [0, 1, 2]
     # Replace block 1 by the clean images (through the checksummed work-file API, as the
-    # method writes it): a resumed run must take it as finished.
-    stats = workfiles.load_arrays(files[1])["stats"]
-    workfiles.save_arrays(files[1], x=x[4:8], stats=stats)
-    resumed = SPEC.protect(ProtectTask(x=x, y=y, num_classes=2, workdir=tmp_path, resume=True), config, key)
+    # runner writes it): a resumed run must take it as finished.
+    _, stats = work.load_block(1, (4, 8, 8, 1))
+    work.save_block(1, x[4:8], {k: v for k, v in stats.items() if k not in ("index", "shape")})
+    resumed = SPEC.protect(task(True), config, key)
     np.testing.assert_array_equal(resumed.x[4:8], x[4:8])
     # Other images written behind the checksum's back are not trusted: the block is recomputed.
-    np.savez(files[1], x=x[:4], stats=stats)
-    redone = SPEC.protect(ProtectTask(x=x, y=y, num_classes=2, workdir=tmp_path, resume=True), config, key)
+    buf = io.BytesIO()
+    np.save(buf, x[:4], allow_pickle=False)
+    (work.work / "block_00001.npy").write_bytes(buf.getvalue())
+    redone = SPEC.protect(task(True), config, key)
     np.testing.assert_array_equal(redone.x, first.x)
     np.testing.assert_array_equal(resumed.x[:4], first.x[:4])
-    fresh = SPEC.protect(ProtectTask(x=x, y=y, num_classes=2, workdir=tmp_path), config, key)
+    fresh = SPEC.protect(ProtectTask(x=x, y=y, num_classes=2), config, key)  # in memory, no work directory
     np.testing.assert_array_equal(fresh.x, first.x)
 
 
