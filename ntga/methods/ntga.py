@@ -97,21 +97,23 @@ def _resolve(config: NTGAConfig, image_shape: tuple[int, ...], num_images: int |
     return dataclasses.replace(resolved, step_size=_attack_config(resolved).step_size)
 
 
-def _prepare(task: ProtectTask, config: NTGAConfig):
-    """The kernel, the attack's settings and the block job (float images, one-hot labels) of ``task``."""
-    from ntga.attack import make_block_attack, one_hot
-    from ntga.pixels import to_float
+def _surrogate(config: NTGAConfig):
+    """The kernel, the attack's settings and the compute dtype (float64 switches on JAX's x64 mode)."""
     from ntga.kernels import make
 
     kernel_fn = make(config.kernel, **config.kernel_overrides)
-    attack_config = _attack_config(config)
     dtype = {"float64": np.float64, "float32": np.float32}[config.dtype]
     if dtype == np.float64 and not jax.config.jax_enable_x64:
         jax.config.update("jax_enable_x64", True)
-    k = task.num_classes
-    job = BlockJob(x=to_float(task.x, dtype), y=one_hot(task.y, k, dtype), block_size=config.block_size,
-                   shared=(to_float(task.x_target, dtype), one_hot(task.y_target, k, dtype)))
-    return kernel_fn, attack_config, job, make_block_attack
+    return kernel_fn, _attack_config(config), dtype
+
+
+def _as_inputs(x: np.ndarray, y: np.ndarray, num_classes: int, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 images and int labels as the attack takes them: floats in [0, 1] and one-hot rows."""
+    from ntga.attack import one_hot
+    from ntga.pixels import to_float
+
+    return to_float(x, dtype), one_hot(y, num_classes, dtype)
 
 
 def _check(task: ProtectTask, config: NTGAConfig) -> None:
@@ -119,19 +121,20 @@ def _check(task: ProtectTask, config: NTGAConfig) -> None:
 
     The attack's loss and gradient on the first block against one chunk of targets
     (the computation every PGD step does) must be finite: e.g. ``--t 1e300``
-    overflows exp(t * eigenvalue) in the gradient.
+    overflows exp(t * eigenvalue) in the gradient. Only those rows are converted.
     """
     from ntga.attack import target_loss_and_grad
     from ntga.run.plan import BlockPlan
 
     if len(task.x_target) == 0:
         raise UserInputError("--target-size must be at least 1: NTGA ascends the GP's loss on a held-out target set")
-    kernel_fn, attack_config, job, _ = _prepare(task, config)
-    BlockPlan(len(job.x), job.block_size)  # a block size larger than the data is refused here
-    x_target, y_target = job.shared
-    n = min(job.block_size, len(job.x))
-    m = min(attack_config.target_chunk, len(x_target))
-    loss, grad = target_loss_and_grad(kernel_fn, attack_config, job.x[:n], job.y[:n], x_target[:m], y_target[:m])
+    kernel_fn, attack_config, dtype = _surrogate(config)
+    BlockPlan(len(task.x), config.block_size)  # a block size larger than the data is refused here
+    n = min(config.block_size, len(task.x))
+    m = min(attack_config.target_chunk, len(task.x_target))
+    x, y = _as_inputs(task.x[:n], task.y[:n], task.num_classes, dtype)
+    x_target, y_target = _as_inputs(task.x_target[:m], task.y_target[:m], task.num_classes, dtype)
+    loss, grad = target_loss_and_grad(kernel_fn, attack_config, x, y, x_target, y_target)
     if not (np.isfinite(float(loss)) and bool(np.isfinite(np.asarray(grad)).all())):
         raise UserInputError(
             f"the attack's loss or gradient is not finite for these settings (kernel {config.kernel}, "
@@ -149,7 +152,12 @@ def protect_ntga(task: ProtectTask, config: NTGAConfig, key: jax.Array) -> Prote
     """Poisons ``task.x`` block by block against the target set (None: other shards are still running)."""
     import time
 
-    kernel_fn, attack_config, job, make_block_attack = _prepare(task, config)
+    from ntga.attack import make_block_attack
+
+    kernel_fn, attack_config, dtype = _surrogate(config)
+    x, y = _as_inputs(task.x, task.y, task.num_classes, dtype)
+    job = BlockJob(x=x, y=y, block_size=config.block_size,
+                   shared=_as_inputs(task.x_target, task.y_target, task.num_classes, dtype))
     start = time.perf_counter()
     x, summary = task.blocks.run(job, make_block_attack(kernel_fn, attack_config), key, describe=_describe_block)
     if x is None:
