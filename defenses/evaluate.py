@@ -27,6 +27,7 @@ from ntga.train.config import SCHEDULES, TTAS
 from ntga.data import add_dataset_args
 from ntga.data.cli import limits_from_args
 from ntga.errors import UserInputError, run_cli
+from ntga.options import describe_options, parse_spec, split_kind, split_specs
 
 
 def _positive(text: str) -> int:
@@ -48,7 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
         "results.json (after every run), results.md and two PNG figures.",
         epilog="victims (--model):\n" + "\n".join(f"  {n:<12} {s.description}" for n, s in MODELS.items())
         + "\n\nbreakers (--breakers a,b+c,d@key=value):\n"
-        + "\n".join(f"  {line}" for line in describe_breakers().splitlines()),
+        + "\n".join(f"  {line}" for line in describe_breakers().splitlines())
+        + "\n\noptions use one grammar: NAME@KEY=VALUE,KEY=VALUE (keys may use dashes, floats accept 8/255),\n"
+        "e.g. --model resnet18@width=32,stages=1,1,1,1 or --breakers blur@kernel=5,sigma=0.5,jpeg.\n"
+        "--list-opts model:NAME or --list-opts breaker:NAME prints one's options and defaults;\n"
+        "--list-opts alone those of the chosen --model and --breakers.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--poisons", metavar="SOURCE", default=None,
@@ -64,8 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
             action.help = ("dataset spec (default: digits; with --poisons, the one recorded in the poison "
                            "manifest: pass it to point at a moved copy of the same data, checked by content hash)")
     g = p.add_argument_group("what to train")
-    g.add_argument("--model", default="small-cnn", metavar="A[,B...]",
-                   help=f"victims, comma-separated: {', '.join(MODELS)} (default: small-cnn)")
+    g.add_argument("--model", default="small-cnn", metavar="A[@KEY=VALUE,...][,B...]",
+                   help=f"victims, comma-separated, each optionally with module options: {', '.join(MODELS)} "
+                   "(default: small-cnn)")
     g.add_argument("--breakers", default="none", metavar="SPECS",
                    help="comma-separated breakers, composed with '+', options as name@key=value "
                    "(default: none; clean and poisoned baselines are always trained)")
@@ -78,7 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seeds", type=_positive, default=3,
                    help="runs per (victim, condition); seed s trains with key --seed + s (default: 3)")
     g.add_argument("--model-opt", action="append", default=[], metavar="[MODEL:]KEY=VALUE",
-                   help="victim override, repeatable, e.g. width=16, small-cnn:width=8, resnet18:dtype=bfloat16")
+                   help="victim override, repeatable, e.g. width=16, small-cnn:width=8, resnet18:dtype=bfloat16 "
+                   "(MODEL:KEY=VALUE is the same as --model MODEL@KEY=VALUE)")
+    g.add_argument("--list-opts", nargs="?", const=True, default=None, metavar="KIND:NAME",
+                   help="print the options and defaults of model:NAME or breaker:NAME (alone: of the chosen "
+                   "--model and --breakers) and exit")
     t = p.add_argument_group("training recipe (default: each victim's own, see ntga.models)")
     t.add_argument("--epochs", type=_positive, default=30, help="training epochs (default: 30)")
     t.add_argument("--batch-size", type=_positive, default=128, help="batch size (default: 128)")
@@ -126,8 +136,36 @@ def default_out(args: argparse.Namespace) -> Path:
     return Path("runs") / f"eval-{re.sub(r'[^A-Za-z0-9._-]+', '-', name).strip('.-') or fallback}"
 
 
+def parse_models(text: str) -> list[tuple[str, dict[str, str]]]:
+    """``--model A[@KEY=VALUE,...][,B...]`` -> ``[(name, raw options)]`` (grammar: :mod:`ntga.options`)."""
+    return [parse_spec(item, "--model", "resnet18@width=32") for item in split_specs(text, "--model")]
+
+
+def list_opts(target: str | bool, models: Sequence[str], breakers: str) -> str:
+    """The ``--list-opts`` text for ``model:NAME``, ``breaker:NAME``, or (True) the chosen ones."""
+    from defenses.breakers import describe_breaker
+    from ntga.models import get_model, model_options
+
+    def model(name: str) -> str:
+        spec = get_model(name)
+        return describe_options(model_options(spec), f"model {name}: {spec.description}",
+                                note=f"options ({name}@KEY=VALUE,KEY=VALUE in --model, or --model-opt "
+                                f"{name}:KEY=VALUE):", doc="")
+
+    if target is True:
+        names = [name for item in split_specs(breakers, "--breakers") for name in
+                 (part.split("@", 1)[0].strip() for part in item.split("+"))]
+        return "\n\n".join([*map(model, models), *map(describe_breaker, dict.fromkeys(names))])
+    kind, name = split_kind(target, ("model", "breaker"))
+    return model(name) if kind == "model" else describe_breaker(name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    specs = parse_models(args.model)
+    if args.list_opts is not None:
+        print(list_opts(args.list_opts, [name for name, _ in specs], args.breakers))
+        return 0
     from defenses.breakers import parse_breakers
     from defenses.evaluation import (evaluate, is_poison_dir, load_clean, load_foreign_poisons, load_poisoned,
                                      make_conditions, make_victims, markdown_tables, parse_model_opts)
@@ -141,8 +179,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                          augment=args.augment, loss=args.loss, standardize=args.standardize,
                          eval_every=args.eval_every, nesterov=args.nesterov, warmup=args.warmup,
                          label_smoothing=args.label_smoothing, tta=args.tta)
-    models = [m.strip() for m in args.model.split(",")]
-    victims = make_victims(models, parse_model_opts(args.model_opt, models), config)
+    models = [name for name, _ in specs]
+    victims = make_victims(models, parse_model_opts(args.model_opt, models, dict(specs)), config)
     breakers = parse_breakers(args.breakers)
     if args.poisons is not None:
         for flag, value in (("--train-size", args.train_size), ("--target-size", args.target_size)):

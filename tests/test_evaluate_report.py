@@ -64,7 +64,7 @@ def test_model_opts_typed_and_per_model():
     assert opts["resnet18"]["stages"] == (1, 1, 1, 1) and opts["resnet18"]["dtype"] == "bfloat16"
     assert opts["resnet18"]["width"] == 16
     for bad, message in ((["width"], "KEY=VALUE"), (["cnn:width=2"], "not among --model"),
-                         (["dtype=float8"], "accepted float32")):
+                         (["dtype=float8"], "dtype must be one of float32, bfloat16, float16")):
         with pytest.raises(UserInputError, match=message):
             parse_model_opts(bad, ["small-cnn", "resnet18"])
 

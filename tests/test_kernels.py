@@ -61,7 +61,7 @@ def test_overrides_are_normalised():
 
 
 def test_unknown_name_lists_accepted():
-    with pytest.raises(UserInputError, match=r"'resnet'.*accepted: cnn, fnn"):
+    with pytest.raises(UserInputError, match=r"unknown kernel 'resnet'; accepted: fnn, cnn"):
         kernels.make("resnet")
 
 

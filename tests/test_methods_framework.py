@@ -46,7 +46,7 @@ def test_options_are_coerced_from_the_annotations():
 
 
 @pytest.mark.parametrize("items, shared, message", [
-    (["bogus=1"], {}, "no such setting; accepted: eps, steps, flag, mode, name"),
+    (["bogus=1"], {}, "--method toy has no option 'bogus'; accepted: eps, steps, flag, mode, name"),
     (["steps=1.5"], {}, "steps must be a int, got '1.5'"),
     (["mode=c"], {}, "mode must be one of a, b, got 'c'"),
     (["flag=maybe"], {}, "flag must be a bool"),
@@ -134,7 +134,7 @@ def test_method_runs_refuse_a_used_directory_and_resume_a_finished_one(tmp_path,
 @pytest.mark.parametrize("argv, message", [
     (["--method", "random", "--kernel", "cnn"], "--kernel applies to --method ntga only"),
     (["--method", "random", "--steps", "3"], "--steps does not apply to --method random"),
-    (["--method", "ntga", "--method-opt", "a=1"], "--method ntga has no such setting; accepted: kernel, "),
+    (["--method", "ntga", "--method-opt", "a=1"], "--method ntga has no option 'a'; accepted: kernel, "),
     (["--method", "random", "--shard", "1/2"], r"--shard applies to block-wise methods \(ntga, beo\)"),
     (["--method", "random", "--fraction", "0"], r"--fraction must be in \(0, 1\]"),
 ])

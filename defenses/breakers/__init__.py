@@ -29,7 +29,7 @@ from defenses.breakers.base import (
     compose,
 )
 from defenses.breakers.hooks import merge_hooks
-from defenses.breakers.registry import BREAKERS, describe_breakers, parse_breaker, parse_breakers
+from defenses.breakers.registry import BREAKERS, describe_breaker, describe_breakers, parse_breaker, parse_breakers
 
 __all__ = [
     "BREAKERS",
@@ -42,6 +42,7 @@ __all__ = [
     "TOUCHES_LOSS",
     "TOUCHES_PROCEDURE",
     "compose",
+    "describe_breaker",
     "describe_breakers",
     "merge_hooks",
     "parse_breaker",

@@ -16,7 +16,6 @@ holds a breaker's option specs and builds configured breakers:
 from __future__ import annotations
 
 import dataclasses
-from fractions import Fraction
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
@@ -25,6 +24,7 @@ import jax
 from defenses.breakers.hooks import merge_hooks
 from ntga.train import TrainHooks
 from ntga.errors import UserInputError
+from ntga.options import OptionField, coerce
 
 # What a breaker alters; the vocabulary used in `touches` and in reports.
 TOUCHES_IMAGES = "training images before training"
@@ -73,22 +73,18 @@ class Option:
             accepted = f"; {self.kind.__name__} in [{low}, {high}]"
         return f"{self.name}={shown} ({self.help}{accepted})"
 
+    def field(self) -> OptionField:
+        """This option as a row of :func:`ntga.options.describe_options` (``--list-opts breaker:NAME``)."""
+        accepted = self.describe().partition(" (")[2].rstrip(")")
+        return OptionField(self.kind, self.default if self.shown is None else _Shown(self.shown), accepted)
+
     def parse(self, text: str, breaker: str) -> Any:
         """Parses and validates a command-line value; UserInputError naming what is accepted."""
         bad = UserInputError(f"breaker {breaker!r}: bad value {text!r} for option {self.describe()}")
-        if self.kind is str:
-            value: Any = text
-        else:
-            try:
-                number = Fraction(text)  # accepts 10, 0.5, 1e-3 and 8/255 exactly
-            except (ValueError, ZeroDivisionError):
-                raise bad from None
-            if self.kind is int:
-                if number.denominator != 1:
-                    raise bad
-                value = int(number)
-            else:
-                value = float(number)
+        try:
+            value = coerce(text, self.kind, f"{breaker}@{self.name}")  # ints and floats accept 8/255-style fractions
+        except UserInputError:
+            raise bad from None
         return self.validate(value, breaker, bad)
 
     def validate(self, value: Any, breaker: str, error: UserInputError | None = None) -> Any:
@@ -180,6 +176,13 @@ class Breaker:
         if self.hooks_fn is None:
             return TrainHooks()
         return self.hooks_fn(num_classes)
+
+
+class _Shown(str):
+    """A default shown as written (``8/255 for linf``), not quoted."""
+
+    def __repr__(self) -> str:
+        return str(self)
 
 
 def _show(value: Any) -> str:

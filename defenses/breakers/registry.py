@@ -5,10 +5,15 @@ in a POSIX shell)::
 
     runs     := run ("," run)*          one training run (per seed) each
     run      := breaker ("+" breaker)*  composed left to right
-    breaker  := name ("@" key "=" value)*
+    breaker  := name ["@" key "=" value (("," | "@") key "=" value)*]
 
     none,grayscale,jpeg@quality=20,grayscale+jpeg
-    adversarial-training@norm=l2@eps=0.5@step_size=0.1,ueraser@draws=1
+    adversarial-training@norm=l2,eps=0.5,step_size=0.1,ueraser@draws=1
+    adversarial-training@norm=l2@eps=0.5@step_size=0.1     (the same options, '@'-separated)
+
+The breaker grammar is the one of every registry (:mod:`ntga.options`): a
+comma followed by another ``key=value`` continues the breaker before it,
+any other comma starts the next run.
 
 Numbers accept fractions (``eps=8/255``). Unknown names, options or bad values
 raise UserInputError listing what is accepted. ``Breaker.spec`` gives the
@@ -42,6 +47,7 @@ from defenses.breakers.projection import orthogonal_projection
 from defenses.breakers.ueraser import ueraser_augment, ueraser_max
 from ntga.train import TrainHooks
 from ntga.errors import UserInputError
+from ntga.options import describe_options, lookup, parse_spec, split_specs
 from ntga.pixels import NORMS
 
 APBENCH = "APBench (Qin et al., 2023; github lafeat/apbench)"
@@ -269,52 +275,46 @@ def _accepted_names() -> str:
 
 
 def parse_breaker(text: str) -> Breaker:
-    """One run: ``name[@k=v...][+name[@k=v...]...]`` -> a (composed) Breaker."""
+    """One run: ``name[@k=v,...][+name[@k=v,...]...]`` -> a (composed) Breaker (grammar: :mod:`ntga.options`)."""
     text = text.strip()
     if not text:
-        raise UserInputError(f"empty breaker in --breakers; accepted names: {_accepted_names()}")
+        raise UserInputError(f"empty breaker in --breakers; accepted: {_accepted_names()}")
     members = []
     for item in text.split("+"):
-        name, *assignments = [part.strip() for part in item.strip().split("@")]
-        if not name:
+        if not item.split("@", 1)[0].strip():
             raise UserInputError(
-                f"empty breaker name in {text!r} (a stray '+' or '@'?); accepted names: {_accepted_names()}"
-            )
-        if name not in BREAKERS:
-            raise UserInputError(
-                f"unknown breaker {name!r} in {text!r}; accepted names: {_accepted_names()} "
-                "(compose with '+', options as name@key=value)"
-            )
-        factory = BREAKERS[name]
-        values = {}
-        for assignment in assignments:
-            key, sep, value = assignment.partition("=")
-            key, value = key.strip(), value.strip()
-            if not sep or not key or not value:
-                raise UserInputError(
-                    f"breaker {name!r}: option {assignment!r} is not key=value "
-                    f"(e.g. {name}@{factory.options[0].name}={factory.options[0].shown or factory.options[0].default})"
-                    if factory.options
-                    else f"breaker {name!r} takes no options, got {assignment!r}"
-                )
-            option = factory.option(key)
-            if key in values:
-                raise UserInputError(f"breaker {name!r}: option {key!r} given twice in {text!r}")
-            values[key] = option.parse(value, name)
-        members.append(factory(**values))
+                f"empty breaker name in {text!r} (a stray '+' or '@'?); accepted: {_accepted_names()}")
+        name = item.split("@", 1)[0].strip()
+        factory = lookup(BREAKERS, name, "breaker")
+        first = factory.options[0] if factory.options else None
+        example = f"{name}@{first.name}={first.shown or first.default}" if first else f"{name} (no options)"
+        _, items = parse_spec(item, f"breaker {name!r}", example)
+        members.append(factory(**{key: factory.option(key).parse(value, name) for key, value in items.items()}))
     return compose(*members)
 
 
 def parse_breakers(text: str) -> list[Breaker]:
     """The ``--breakers`` value: comma-separated runs -> one Breaker per run, in order.
 
+    A comma followed by another ``key=value`` continues the options of the breaker before it
+    (``jpeg@quality=20,grayscale`` is two runs; ``blur@kernel=5,sigma=1`` one).
+
     Example:
         >>> [b.spec for b in parse_breakers("none,grayscale+jpeg@quality=20")]
         ['none', 'grayscale+jpeg@quality=20']
     """
     if not text or not text.strip():
-        raise UserInputError(f"--breakers is empty; accepted names: {_accepted_names()}")
-    return [parse_breaker(item) for item in text.split(",")]
+        raise UserInputError(f"--breakers is empty; accepted: {_accepted_names()}")
+    return [parse_breaker(item) for item in split_specs(text, "--breakers")]
+
+
+def describe_breaker(name: str) -> str:
+    """``--list-opts breaker:NAME``: what it does, its options with defaults, its source."""
+    factory = lookup(BREAKERS, name, "breaker")
+    return describe_options({o.name: o.field() for o in factory.options},
+                            f"breaker {name}: {factory.description}",
+                            note=f"options ({name}@KEY=VALUE,KEY=VALUE in --breakers):" if factory.options else "",
+                            doc=f"source: {factory.source}")
 
 
 def describe_breakers() -> str:

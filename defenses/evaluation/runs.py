@@ -25,7 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from defenses.breakers import Breaker
-from ntga.models import MIN_IMAGE_SIZE, MODELS, get_model
+from ntga.models import DTYPES, MIN_IMAGE_SIZE, MODELS, get_model, model_options
+from ntga.options import parse_assignment, typed_items
 from ntga.train import TrainConfig, TrainResult, train_and_evaluate, train_many_seeds
 from ntga.errors import UserInputError
 
@@ -34,8 +35,6 @@ from .inputs import EvalData
 CLEAN, POISONED = "clean", "poisoned"
 # fold_in constant for the breakers' prepare key (distinct from the training keys' use of key(base + s)).
 PREPARE_STREAM = 0x70726570
-
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,52 +90,46 @@ def make_conditions(breakers: Sequence[Breaker], *, poisoned: bool, breakers_on_
 # ----------------------------------------------------------------------------- victims
 
 
-def _parse_value(key: str, text: str) -> Any:
-    if key == "dtype":
-        if text not in _DTYPES:
-            raise UserInputError(f"--model-opt dtype={text!r}: accepted {', '.join(_DTYPES)}")
-        return text
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
-    if "," in text:  # e.g. stages=1,1,1,1
-        return tuple(_parse_value(key, part) for part in text.split(",") if part)
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
+def parse_model_opts(items: Sequence[str], models: Sequence[str],
+                     given: Mapping[str, Mapping[str, str]] | None = None) -> dict[str, dict[str, Any]]:
+    """``--model-opt`` values (and ``--model NAME@KEY=VALUE`` options) -> per-model overrides.
 
+    ``KEY=VALUE`` applies to every chosen model, ``MODEL:KEY=VALUE`` and the ``--model``
+    spec's own options to one (they win over a global one). Values are typed from the
+    victim's module attributes (:func:`ntga.models.model_options`: ``width=16`` an int,
+    ``stages=1,1,1,1`` a tuple, ``dtype`` one of float32, bfloat16, float16); keys the module
+    does not declare are read as bool (true/false), tuple, int, float or string, and the
+    module itself refuses them when it is built. The result is JSON-friendly (tuples stay
+    tuples, dtypes as names).
 
-def parse_model_opts(items: Sequence[str], models: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """``--model-opt`` values -> per-model overrides (JSON-friendly: tuples stay tuples, dtypes as names).
-
-    ``KEY=VALUE`` applies to every chosen model, ``MODEL:KEY=VALUE`` to one
-    (it wins over a global one). Values become int, float, bool
-    (true/false), a tuple (``1,1,1,1``) or a string; ``dtype`` accepts
-    float32, bfloat16, float16.
+    Args:
+        items: the repeated ``--model-opt`` values.
+        models: the chosen victims' names.
+        given: raw options per model from ``--model NAME@KEY=VALUE,...``.
     """
-    shared: dict[str, Any] = {}
-    specific: dict[str, dict[str, Any]] = {m: {} for m in models}
+    shared: dict[str, str] = {}
+    specific: dict[str, dict[str, str]] = {m: dict((given or {}).get(m, {})) for m in models}
     for item in items:
         head = item.split("=", 1)[0]
         target, colon, _ = head.partition(":") if ":" in head else ("", "", "")
         assignment = item[len(target) + 1:] if colon else item
-        key, sep, value = assignment.partition("=")
-        key, value = key.strip(), value.strip()
-        if not sep or not key or not value:
+        key, value = parse_assignment(assignment, "--model-opt", "width=16 or small-cnn:width=8")
+        if not value:
             raise UserInputError(f"--model-opt must look like KEY=VALUE or MODEL:KEY=VALUE (e.g. width=16), "
                                  f"got {item!r}")
         if colon and target not in specific:
             raise UserInputError(f"--model-opt {item!r} names model {target!r}, which is not among --model "
                                  f"{','.join(models)}")
-        (specific[target] if colon else shared)[key] = _parse_value(key, value)
-    return {m: {**shared, **specific[m]} for m in models}
+        if colon and key in (given or {}).get(target, {}):
+            raise UserInputError(f"option {key!r} of model {target!r} is given both in --model and in --model-opt")
+        (specific[target] if colon else shared)[key] = value
+    return {m: typed_items(model_options(get_model(m)), {**shared, **specific[m]}, f"model {m}", strict=False)
+            for m in models}
 
 
 def module_kwargs(opts: Mapping[str, Any]) -> dict[str, Any]:
     """JSON-friendly overrides -> module attributes (dtype names -> jnp dtypes)."""
-    return {k: (_DTYPES[v] if k == "dtype" else v) for k, v in opts.items()}
+    return {k: (DTYPES[v] if k == "dtype" else v) for k, v in opts.items()}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,9 +24,9 @@ from __future__ import annotations
 
 from typing import Callable
 
-from ntga.errors import UserInputError
 from ntga.kernels.kernel_fn import GETS, KernelFn, build
 from ntga.kernels.surrogates import ARCHITECTURES, B_STD, W_STD, CnnConfig, FnnConfig
+from ntga.options import OptionField, lookup, option_fields
 
 
 def fnn(**overrides) -> KernelFn:
@@ -40,6 +40,20 @@ def cnn(**overrides) -> KernelFn:
 
 
 KERNELS: dict[str, Callable[..., KernelFn]] = {"fnn": fnn, "cnn": cnn}
+CONFIGS: dict[str, type] = {"fnn": FnnConfig, "cnn": CnnConfig}
+
+
+def kernel_options(name: str) -> dict[str, OptionField]:
+    """The overrides kernel ``name`` takes, typed for the command line (``--kernel cnn@depth=3``).
+
+    From the kernel's config dataclass; the (height, width) pairs ``filter_size`` and
+    ``stride`` also take one integer for both, as :func:`make` does (``stride=2``).
+    """
+    table = option_fields(lookup(CONFIGS, name, "kernel"))
+    for key, f in table.items():
+        if f.annotation == tuple[int, int]:
+            table[key] = f._replace(annotation=int | tuple[int, int])
+    return table
 
 
 def make(name: str, **overrides) -> KernelFn:
@@ -56,9 +70,8 @@ def make(name: str, **overrides) -> KernelFn:
     Raises:
         UserInputError: unknown name, unknown override, or a bad value.
     """
-    if name not in KERNELS:
-        raise UserInputError(f"unknown kernel {name!r}; accepted: {', '.join(sorted(KERNELS))}")
-    return KERNELS[name](**overrides)
+    return lookup(KERNELS, name, "kernel")(**overrides)
 
 
-__all__ = ["B_STD", "GETS", "KERNELS", "CnnConfig", "FnnConfig", "KernelFn", "W_STD", "cnn", "fnn", "make"]
+__all__ = ["B_STD", "CONFIGS", "GETS", "KERNELS", "CnnConfig", "FnnConfig", "KernelFn", "W_STD", "cnn", "fnn",
+           "kernel_options", "make"]

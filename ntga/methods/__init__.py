@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import importlib
 
-from ntga.errors import UserInputError
 from ntga.methods.base import MethodSpec, Protected, ProtectTask, config_from_options
+from ntga.options import lookup
 
 # name -> module defining ``SPECS: dict[str, MethodSpec]``
 _MODULES = {
@@ -49,9 +49,7 @@ def get_method(name: str) -> MethodSpec:
     Raises:
       UserInputError: unknown name (the message lists the accepted ones).
     """
-    if name not in _MODULES:
-        raise UserInputError(f"unknown method {name!r}; accepted: {', '.join(METHOD_NAMES)}")
-    return importlib.import_module(_MODULES[name]).SPECS[name]
+    return importlib.import_module(lookup(_MODULES, name, "method")).SPECS[name]
 
 
 __all__ = ["METHOD_NAMES", "MethodSpec", "Protected", "ProtectTask", "config_from_options", "get_method"]

@@ -23,16 +23,14 @@ driver that runs every method.
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from ntga.errors import UserInputError
+from ntga.options import config_from_items, parse_assignment
 from ntga.run.blocks import BlockRunner
 
 
@@ -142,48 +140,14 @@ def grey_or_colour_eps(eps: float | None, num_channels: int, grey: float = 0.3, 
 # ----------------------------------------------------------------------------- option parsing
 
 
-def _parse_number(text: str) -> float:
-    return float(Fraction(text.strip()))
-
-
-def _coerce(text: str, annotation: Any, where: str) -> Any:
-    """Converts ``text`` to the (possibly optional) type named by a dataclass annotation."""
-    hint = annotation
-    args = typing.get_args(hint)
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        options = [a for a in args if a is not type(None)]
-        if text.strip().lower() == "none" and type(None) in args:
-            return None
-        hint = options[0] if len(options) == 1 else str
-    if typing.get_origin(hint) is typing.Literal:
-        accepted = typing.get_args(hint)
-        if text not in accepted:
-            raise UserInputError(f"{where} must be one of {', '.join(map(str, accepted))}, got {text!r}")
-        return text
-    try:
-        if hint is bool:
-            low = text.strip().lower()
-            if low in ("1", "true", "yes", "on"):
-                return True
-            if low in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
-        if hint is int:
-            return int(text)
-        if hint is float:
-            return _parse_number(text)
-    except (ValueError, ZeroDivisionError):
-        raise UserInputError(f"{where} must be a {hint.__name__}, got {text!r}") from None
-    return text
-
-
-def config_from_options(spec: MethodSpec, items: Sequence[str], **shared: Any) -> Any:
-    """Builds ``spec``'s config from ``KEY=VALUE`` strings and shared CLI flags.
+def config_from_options(spec: MethodSpec, items: Sequence[str] | Mapping[str, str], **shared: Any) -> Any:
+    """Builds ``spec``'s config from raw options and shared CLI flags (grammar: :mod:`ntga.options`).
 
     Args:
       spec: the method.
-      items: repeated ``--method-opt`` values, e.g. ``["noise=class-wise", "steps=20"]``
-        (dashes in keys are accepted for underscores).
+      items: repeated ``--method-opt`` values, e.g. ``["noise=class-wise", "steps=20"]``, or the
+        ``{key: text}`` options of ``--method NAME@key=value,...`` (dashes in keys are accepted
+        for underscores). Values are typed from the config's annotations (``8/255`` for floats).
       **shared: values of the shared flags (``eps``, ``norm``, ``steps``, ``step_size``);
         None means "not given". A given flag the method has no field for is an error.
 
@@ -191,26 +155,19 @@ def config_from_options(spec: MethodSpec, items: Sequence[str], **shared: Any) -
       UserInputError: unknown key (the message lists the accepted ones), bad value,
         or a shared flag that does not apply to this method.
     """
-    fields = {f.name: f for f in dataclasses.fields(spec.config_type)}
-    hints = typing.get_type_hints(spec.config_type)
-    values: dict[str, Any] = {}
+    fields = [f.name for f in dataclasses.fields(spec.config_type)]
+    given = {}
     for flag, value in shared.items():
         if value is None:
             continue
         if flag not in fields:
             raise UserInputError(f"--{flag.replace('_', '-')} does not apply to --method {spec.name}; "
                                  f"its settings are: {', '.join(fields)}")
-        values[flag] = value
-    for item in items:
-        name, sep, text = item.partition("=")
-        name = name.strip().replace("-", "_")
-        if not sep or not name:
-            raise UserInputError(f"--method-opt must look like KEY=VALUE (e.g. steps=20), got {item!r}")
-        if name not in fields:
-            raise UserInputError(f"--method-opt {name}: --method {spec.name} has no such setting; "
-                                 f"accepted: {', '.join(fields)}")
-        values[name] = _coerce(text, hints[name], f"--method-opt {name}")
-    try:
-        return spec.config_type(**values)
-    except (TypeError, ValueError) as err:
-        raise UserInputError(f"bad settings for --method {spec.name}: {err}") from None
+        given[flag] = value
+    if not isinstance(items, Mapping):
+        raw: dict[str, str] = {}
+        for item in items:
+            key, text = parse_assignment(item, "--method-opt", "steps=20")
+            raw[key] = text  # a repeated key: the last one wins, as on any command line
+        items = raw
+    return config_from_items(spec.config_type, items, f"--method {spec.name}", **given)

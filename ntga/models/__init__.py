@@ -45,12 +45,16 @@ digits and MNIST, where they cost a little accuracy; pass ``--no-augment
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
+import typing
 from typing import Any, Callable
 
 import flax.linen as nn
+import jax.numpy as jnp
 
 from ntga.errors import UserInputError
+from ntga.options import OptionField, lookup, option_fields
 
 from . import fast
 from .densenet import DenseNet, DenseNet121
@@ -58,6 +62,8 @@ from .resnet import ResNet, ResNet18, WideResNet, WRN16_4, WRN28_10
 from .simple import CNN, FNN, FNNErf, FNNReLU, SmallCNN
 
 MIN_IMAGE_SIZE = 8  # smallest H and W every victim accepts (8x8 digits)
+# Compute dtypes a victim's ``dtype`` option accepts, by command-line name.
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,14 +165,30 @@ def get_model(name: str) -> ModelSpec:
     Raises:
         UserInputError: unknown name (the message lists the accepted ones).
     """
-    try:
-        return MODELS[name]
-    except (KeyError, TypeError):
-        raise UserInputError(f"unknown model {name!r}; accepted: {', '.join(MODELS)}") from None
+    return lookup(MODELS, name, "model")
+
+
+def model_options(spec: ModelSpec) -> dict[str, OptionField]:
+    """The module attributes a victim takes from the command line (``--model NAME@key=value``).
+
+    Read from the Flax module's dataclass fields, with the registry's presets as defaults;
+    ``dtype`` takes one of :data:`DTYPES` by name. Functions (activations, layer classes)
+    and Flax's own ``parent``/``name`` are not command-line options.
+    """
+    fields = option_fields(spec.constructor, exclude=("num_classes", "parent", "name"))
+    table = {}
+    for key, f in fields.items():
+        if key == "dtype":
+            f = OptionField(typing.Literal[tuple(DTYPES)], f.default.__name__ if hasattr(f.default, "__name__")
+                            else f.default)
+        elif typing.get_origin(f.annotation) is collections.abc.Callable or f.annotation is typing.Callable:
+            continue
+        table[key] = f
+    return table
 
 
 __all__ = [
-    "MODELS", "MIN_IMAGE_SIZE", "ModelSpec", "get_model",
+    "DTYPES", "MODELS", "MIN_IMAGE_SIZE", "ModelSpec", "get_model", "model_options",
     "FNN", "FNNErf", "FNNReLU", "CNN", "SmallCNN",
     "ResNet", "ResNet18", "WideResNet", "WRN16_4", "WRN28_10", "DenseNet", "DenseNet121",
 ]
