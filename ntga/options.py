@@ -259,6 +259,14 @@ def option_fields(config_type: Any, exclude: Iterable[str] = ()) -> dict[str, Op
     return table
 
 
+def check_keys(keys: Iterable[str], accepted: Iterable[str], where: str) -> None:
+    """One clear error for the first key that is not accepted: ``{where} has no option 'x'; accepted: ...``."""
+    accepted = tuple(accepted)
+    for key in keys:
+        if key not in accepted:
+            raise UserInputError(f"{where} has no option {key!r}; accepted: {', '.join(accepted) or 'none'}")
+
+
 def typed_items(fields: Mapping[str, OptionField], items: Mapping[str, str], where: str,
                 strict: bool = True) -> dict[str, Any]:
     """Types raw ``{key: text}`` options from a field table.
@@ -273,10 +281,10 @@ def typed_items(fields: Mapping[str, OptionField], items: Mapping[str, str], whe
     Raises:
       UserInputError: an unknown key (the message lists the accepted ones) or a bad value.
     """
+    if strict:
+        check_keys(items, fields, where)
     values = {}
     for key, text in items.items():
-        if key not in fields and strict:
-            raise UserInputError(f"{where} has no option {key!r}; accepted: {', '.join(fields) or 'none'}")
         values[key] = coerce(text, fields[key].annotation if key in fields else Any, f"{where}: {key}")
     return values
 
@@ -302,6 +310,22 @@ def config_from_items(config_type: type[T], items: Mapping[str, str], where: str
 
 
 # ----------------------------------------------------------------------------- lookup and help
+
+
+def check_choice(what: str, value: T, accepted: Iterable[Any]) -> T:
+    """``value`` if it is one of ``accepted``, else one clear error: ``what='x' is invalid; accepted: a, b``.
+
+    For a setting with a fixed set of values (a norm, a dtype, an optimizer); the names of a
+    registry are looked up with :func:`lookup` instead.
+    """
+    accepted = tuple(accepted)
+    try:
+        known = value in accepted
+    except TypeError:  # an unhashable or incomparable value is simply not one of them
+        known = False
+    if not known:
+        raise UserInputError(f"{what}={value!r} is invalid; accepted: {', '.join(map(str, accepted))}")
+    return value
 
 
 def lookup(registry: Mapping[str, T], name: Any, kind: str) -> T:

@@ -36,7 +36,7 @@ def test_check_budget_l2_exact_and_over():
 
 def test_check_budget_refuses_bad_arguments():
     x = np.zeros((2, 4, 4, 1), np.uint8)
-    with pytest.raises(UserInputError, match="unknown norm 'l1'; accepted: linf, l2"):
+    with pytest.raises(UserInputError, match="norm='l1' is invalid; accepted: linf, l2"):
         check_budget(x, x, 0.1, "l1")
     with pytest.raises(UserInputError, match="eps must be a finite number"):
         check_budget(x, x, -1.0, "linf")

@@ -67,7 +67,7 @@ def test_unknown_name_lists_accepted():
 
 @pytest.mark.parametrize("name, key", [("fnn", "stride"), ("cnn", "readout"), ("cnn", "width")])
 def test_unknown_override_lists_accepted(name, key):
-    with pytest.raises(UserInputError, match=rf"unknown override '{key}' for kernel '{name}'; accepted: .*depth"):
+    with pytest.raises(UserInputError, match=rf"kernel '{name}' has no option '{key}'; accepted: .*depth"):
         kernels.make(name, **{key: 1})
 
 

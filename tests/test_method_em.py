@@ -130,7 +130,7 @@ def test_a_checkpoint_of_another_shape_is_refused(tmp_path, key):
 
 
 @pytest.mark.parametrize("items, message", [
-    (["surrogate=vgg"], "surrogate 'vgg' is not a registered model; accepted: fnn"),
+    (["surrogate=vgg"], "surrogate='vgg' is invalid; accepted: fnn"),
     (["steps=0"], "steps must be an integer >= 1"),
     (["max_rounds=0"], "max_rounds must be an integer >= 1"),
     (["stop_acc=1.5"], r"stop_acc must be in \(0, 1\]"),

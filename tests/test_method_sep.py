@@ -176,7 +176,7 @@ def test_resume_uses_saved_checkpoints_and_finished_batches(tmp_path, key, monke
 
 
 @pytest.mark.parametrize("opts, message", [
-    (["surrogate=nope"], "surrogate 'nope' is not a model; accepted: fnn"),
+    (["surrogate=nope"], "surrogate='nope' is invalid; accepted: fnn"),
     (["checkpoints=0"], "checkpoints must be an integer >= 1"),
     (["vr_inner_steps=-1"], "vr_inner_steps must be an integer >= 0"),
     (["eps=2"], r"--eps must be in \(0, 1\]"),

@@ -12,6 +12,8 @@ import string
 from fractions import Fraction
 from typing import Any, Literal, Sequence
 
+import re
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -21,12 +23,14 @@ from defenses.evaluate import list_opts as evaluate_list_opts
 from defenses.evaluate import main as evaluate_main
 from defenses.evaluate import parse_models
 from defenses.evaluation import parse_model_opts
+from ntga.attack import AttackConfig
 from ntga.errors import UserInputError
 from ntga.generate import build_parser, config_from_args, main as generate_main
 from ntga.kernels import CONFIGS, kernel_options, make
 from ntga.methods import METHOD_NAMES, get_method
 from ntga.models import MODELS, get_model, model_options
-from ntga.options import (OptionField, coerce, config_from_items, describe_options, format_spec, lookup,
+from ntga.train import TrainConfig
+from ntga.options import (OptionField, check_choice, check_keys, coerce, config_from_items, describe_options, format_spec, lookup,
                           option_fields, parse_spec, split_specs, typed_items)
 
 
@@ -183,6 +187,27 @@ def test_describe_options_lists_defaults_and_the_docstring():
 def test_every_registry_has_the_same_unknown_name_message(call, kind, accepted):
     with pytest.raises(UserInputError, match=rf"^unknown {kind} 'nope'; accepted: {accepted}"):
         call()
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: make("fnn", activation="tanh"), "activation='tanh' is invalid; accepted: erf, relu"),
+    (lambda: make("fnn", bogus=1), "kernel 'fnn' has no option 'bogus'; accepted: depth"),
+    (lambda: TrainConfig(optimizer="rmsprop"), "optimizer='rmsprop' is invalid; accepted: sgd"),
+    (lambda: AttackConfig(eps=0.1, norm="l1"), "norm='l1' is invalid; accepted: linf, l2"),
+    (lambda: get_method("em").config_type(surrogate="vgg"), "surrogate='vgg' is invalid; accepted: fnn"),
+])
+def test_choices_and_keys_have_one_message_everywhere(call, message):
+    with pytest.raises(UserInputError, match="^" + re.escape(message)):
+        call()
+
+
+def test_check_choice_and_check_keys():
+    assert check_choice("mode", "b", ("a", "b")) == "b"
+    with pytest.raises(UserInputError, match=r"^mode=\['a'\] is invalid; accepted: a, b$"):
+        check_choice("mode", ["a"], ("a", "b"))  # unhashable: refused, not a TypeError
+    check_keys(["a"], ("a", "b"), "thing")
+    with pytest.raises(UserInputError, match=r"^thing has no option 'c'; accepted: none$"):
+        check_keys(["c"], (), "thing")
 
 
 def test_lookup():

@@ -141,6 +141,20 @@ def test_compose_hooks_runs_in_order():
         compose_hooks(TrainHooks(loss_fn=lambda a, b: a), TrainHooks(loss_fn=lambda a, b: b))
 
 
+def test_compose_hooks_refuses_two_losses_or_adversaries_in_any_phase_naming_them():
+    loss = TrainHooks(loss_fn=lambda logits, targets: logits[:, 0])
+    attack = TrainHooks(adversarial=lambda key, input_loss, x, y: x)
+    with pytest.raises(UserInputError, match="hook 1 and hook 3 both replace the training loss"):
+        compose_hooks(loss, None, loss)
+    with pytest.raises(UserInputError, match="a and b both replace each batch"):
+        compose_hooks(attack, attack, names=["a", "b"])
+    # b attacks only from epoch 2 on: the clash is in the second phase and is still refused.
+    with pytest.raises(UserInputError, match="a and b both replace each batch"):
+        compose_hooks(attack, TrainHooks(switch_epoch=2, after=attack), names=["a", "b"])
+    one_each = compose_hooks(loss, attack, names=["a", "b"])
+    assert one_each.loss_fn is loss.loss_fn and one_each.adversarial is attack.adversarial
+
+
 def test_many_seeds_vmap_matches_single_runs():
     keys = jax.random.split(jax.random.key(3), 2)
     config = TrainConfig(epochs=2, batch_size=16, eval_every=2)

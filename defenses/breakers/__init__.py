@@ -28,7 +28,6 @@ from defenses.breakers.base import (
     Option,
     compose,
 )
-from defenses.breakers.hooks import merge_hooks
 from defenses.breakers.registry import BREAKERS, describe_breaker, describe_breakers, parse_breaker, parse_breakers
 
 __all__ = [
@@ -44,7 +43,6 @@ __all__ = [
     "compose",
     "describe_breaker",
     "describe_breakers",
-    "merge_hooks",
     "parse_breaker",
     "parse_breakers",
 ]

@@ -5,8 +5,8 @@ A :class:`Breaker` is a frozen description plus up to two behaviours:
 * ``prepare(x_train, y_train, key) -> (x_train, y_train)``: dataset level,
   once before training (images uint8 [0, 255] or float [0, 1], [N, H, W, C]);
 * ``hooks(num_classes) -> ntga.train.TrainHooks``: training time, inside
-  the jitted step (contract in ``ntga.train``; merging in
-  :mod:`defenses.breakers.hooks`).
+  the jitted step (contract in ``ntga.train``; a ``+`` composition merges
+  them with ``ntga.train.compose_hooks``).
 
 Test images are never altered by any breaker. A :class:`BreakerFactory`
 holds a breaker's option specs and builds configured breakers:
@@ -21,8 +21,7 @@ from typing import Any, Callable, Mapping
 
 import jax
 
-from defenses.breakers.hooks import merge_hooks
-from ntga.train import TrainHooks
+from ntga.train import TrainHooks, compose_hooks
 from ntga.errors import UserInputError
 from ntga.options import OptionField, coerce
 
@@ -262,10 +261,10 @@ def compose(*breakers: Breaker) -> Breaker:
         return x, y
 
     def hooks_fn(num_classes):
-        return merge_hooks([(m.name, m.hooks(num_classes)) for m in hooked])
+        return compose_hooks(*(m.hooks(num_classes) for m in hooked), names=[m.name for m in hooked])
 
     if len(hooked) > 1:
-        merge_hooks([(m.name, m.hooks(2)) for m in hooked])  # fail now, at parse time
+        hooks_fn(2)  # a clash fails now, at parse time
     touches = tuple(t for t in TOUCHES if any(t in m.touches for m in members))
     return Breaker(
         name=name,

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from numbers import Integral, Real
 
 from ntga.errors import UserInputError
-from ntga.pixels import NORMS
+from ntga.pixels import check_norm
 
 __all__ = ["AttackConfig", "reference_fgsm_config"]
 
@@ -47,8 +47,7 @@ class AttackConfig:
     target_chunk: int = 1000
 
     def __post_init__(self):
-        if self.norm not in NORMS:
-            raise UserInputError(f"norm={self.norm!r} is invalid; accepted: {', '.join(NORMS)}")
+        check_norm(self.norm)
         if not _is_real(self.eps) or self.eps <= 0 or (self.norm == "linf" and self.eps > 1):
             accepted = "0 < eps <= 1 for norm 'linf'" if self.norm == "linf" else "eps > 0 for norm 'l2'"
             raise UserInputError(f"eps={self.eps!r} is invalid; accepted: {accepted} (pixel units in [0, 1])")

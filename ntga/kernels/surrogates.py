@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from ntga.errors import UserInputError
+from ntga.options import check_choice, check_keys
 from ntga.kernels import layers
 
 W_STD = math.sqrt(1.76)
@@ -53,8 +54,7 @@ def _std(name: str, value: Any, allow_zero: bool) -> float:
 
 def _choice(name: str, value: Any, accepted: tuple[str, ...]) -> str:
     canon = value.upper() if name == "padding" and isinstance(value, str) else value
-    if canon not in accepted:
-        raise UserInputError(f"{name}={value!r} is invalid; accepted: {', '.join(accepted)}")
+    check_choice(name, value if canon not in accepted else canon, accepted)
     return canon
 
 
@@ -122,11 +122,7 @@ class CnnConfig:
 
 
 def _coerce(cls, name: str, overrides: dict[str, Any]):
-    fields = tuple(f.name for f in dataclasses.fields(cls))
-    for key in overrides:
-        if key not in fields:
-            raise UserInputError(
-                f"unknown override {key!r} for kernel {name!r}; accepted: {', '.join(fields)}")
+    check_keys(overrides, (f.name for f in dataclasses.fields(cls)), f"kernel {name!r}")
     return cls(**overrides)
 
 

@@ -61,6 +61,7 @@ from tqdm.auto import tqdm
 from ntga.train.inputs import channel_stats
 from ntga.models import MODELS
 from ntga.errors import UserInputError
+from ntga.options import check_choice
 from ntga.methods.base import MethodSpec, Protected, ProtectTask, grey_or_colour_eps
 from ntga.methods.surrogate import make_surrogate, padded_batches
 from ntga.methods.tree_io import load_tree, save_tree
@@ -115,9 +116,7 @@ class EMConfig:
             raise UserInputError(f"step_size must be > 0, got {self.step_size}")
         if not 0.0 < self.stop_acc <= 1.0:
             raise UserInputError(f"stop_acc must be in (0, 1], got {self.stop_acc}")
-        if self.surrogate not in MODELS:
-            raise UserInputError(f"surrogate {self.surrogate!r} is not a registered model; "
-                                 f"accepted: {', '.join(MODELS)}")
+        check_choice("surrogate", self.surrogate, MODELS)
         if self.surrogate_width is not None and self.surrogate_width < 1:
             raise UserInputError(f"surrogate_width must be >= 1 (or none), got {self.surrogate_width}")
         if self.surrogate_lr is not None and not self.surrogate_lr > 0:

@@ -22,6 +22,7 @@ import jax
 import numpy as np
 
 from ntga.errors import UserInputError
+from ntga.options import check_choice
 from ntga.methods.base import MethodSpec, Protected, ProtectTask
 from ntga.run.blocks import BlockJob
 
@@ -67,8 +68,7 @@ class NTGAConfig:
     dtype: str = "float64"
 
     def __post_init__(self):
-        if self.dtype not in DTYPES:
-            raise UserInputError(f"dtype={self.dtype!r} is invalid; accepted: {', '.join(DTYPES)}")
+        check_choice("dtype", self.dtype, DTYPES)
 
 
 def _attack_config(config: NTGAConfig):

@@ -81,6 +81,7 @@ from ntga.models import MODELS, get_model
 from ntga.methods.surrogate import refuse_victim_only
 from ntga import workfiles
 from ntga.errors import UserInputError
+from ntga.options import check_choice
 from ntga.methods.base import MethodSpec, Protected, ProtectTask, grey_or_colour_eps
 from ntga.methods.sep_surrogate import (Checkpoints, class_centres, init_variables, load_checkpoints, make_predict,
                                         model_variables, pad_to, readout_features, save_checkpoints,
@@ -141,8 +142,7 @@ class SepConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
                 raise UserInputError(f"{name} must be an integer >= {low}, got {value!r}")
-        if self.surrogate not in MODELS:
-            raise UserInputError(f"surrogate {self.surrogate!r} is not a model; accepted: {', '.join(MODELS)}")
+        check_choice("surrogate", self.surrogate, MODELS)
         if self.surrogate_width is not None and (not isinstance(self.surrogate_width, (int, np.integer))
                                                  or self.surrogate_width < 1):
             raise UserInputError(f"surrogate_width must be a positive integer or none, got {self.surrogate_width!r}")

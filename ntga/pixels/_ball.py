@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from ntga.errors import UserInputError
+from ntga.options import check_choice
 from ntga.pixels._convert import _xp
 
 __all__ = [
@@ -32,14 +33,16 @@ NORMS = ("linf", "l2")
 
 def unknown_norm(norm) -> UserInputError:
     """The error for a norm outside :data:`NORMS` (for the caller to raise)."""
-    return UserInputError(f"unknown norm {norm!r}; accepted: {', '.join(NORMS)}")
+    try:
+        check_choice("norm", norm, NORMS)
+    except UserInputError as err:
+        return err
+    raise ValueError(f"unknown_norm: {norm!r} is one of {NORMS}")
 
 
 def check_norm(norm: str) -> str:
     """Returns ``norm`` if it is one of :data:`NORMS`; raises UserInputError otherwise."""
-    if norm not in NORMS:
-        raise unknown_norm(norm)
-    return norm
+    return check_choice("norm", norm, NORMS)
 
 
 def _per_image_norm(x: jax.Array) -> jax.Array:

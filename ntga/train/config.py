@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ntga.errors import UserInputError
+from ntga.options import check_choice
 
 from ..models import ModelSpec
 
@@ -40,8 +41,8 @@ LOSSES: dict[str, LossFn] = {"ce": cross_entropy, "mse": mean_squared_error}
 
 
 def _check_choice(what: str, value: Any, accepted: Sequence[str]) -> None:
-    if value is not None and value not in accepted:
-        raise UserInputError(f"unknown {what} {value!r}; accepted: {', '.join(accepted)}")
+    if value is not None:  # None: the model's default recipe
+        check_choice(what, value, accepted)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,39 +164,56 @@ def _chain_transforms(fns: Sequence[Callable]) -> Callable:
     return transform
 
 
-def _chain_adversaries(fns: Sequence[Callable]) -> Callable:
-    if len(fns) == 1:
-        return fns[0]
-
-    def adversarial(key, input_loss, x, y):
-        for i, fn in enumerate(fns):
-            x = fn(jax.random.fold_in(key, i), input_loss, x, y)
-        return x
-
-    return adversarial
+def _at_most_one(named: Sequence[tuple[str, Any]], what: str) -> Any:
+    """The one non-None value of ``named`` (or None); two have no single meaning, so refuse."""
+    given = [(name, value) for name, value in named if value is not None]
+    if len(given) > 1:
+        raise UserInputError(f"{' and '.join(name for name, _ in given)} both {what}; "
+                             "compose at most one of them with '+'")
+    return given[0][1] if given else None
 
 
-def compose_hooks(*hooks: TrainHooks | None) -> TrainHooks:
-    """One TrainHooks running the given ones in order (at most one may set ``loss_fn``).
+def compose_hooks(*hooks: TrainHooks | None, names: Sequence[str] | None = None) -> TrainHooks:
+    """One TrainHooks running the given ones in order: the one merge of a ``+`` composition.
 
-    Schedules compose: the result switches at the earliest ``switch_epoch`` of
-    its members, to the composition of each member's hooks from then on.
+    In a step the trainer runs every batch transform (left to right), then the
+    adversarial procedure, then the update with the loss, so an adversarial
+    member always acts after the transforms, whatever its position. At most one
+    member may replace the loss and at most one may run an adversarial
+    procedure (two inner maximisations, e.g. adversarial training and
+    UEraser-Max, or two losses have no single meaning), in every phase of the
+    schedule. Schedules compose: the result switches at the earliest
+    ``switch_epoch`` of its members, to the composition of each member's hooks
+    from then on.
+
+    Args:
+      *hooks: the members in order; None entries are skipped.
+      names: one name per entry of ``hooks`` for error messages (e.g. the
+        breakers' names); default ``hook 1``, ``hook 2``, ...
+
+    Raises:
+      UserInputError: two members of one phase replace the loss, or two run an
+        adversarial procedure; the message names both.
     """
-    hooks = tuple(h for h in hooks if h is not None)
-    transforms = [h.batch_transform for h in hooks if h.batch_transform is not None]
-    adversaries = [h.adversarial for h in hooks if h.adversarial is not None]
-    losses = [h.loss_fn for h in hooks if h.loss_fn is not None]
-    if len(losses) > 1:
-        raise UserInputError(f"{len(losses)} breakers replace the loss; at most one can")
-    switches = [h.switch_epoch for h in hooks if h.after is not None]
+    if names is None:
+        names = [f"hook {i + 1}" for i in range(len(hooks))]
+    elif len(names) != len(hooks):
+        raise ValueError(f"compose_hooks: {len(names)} names for {len(hooks)} hooks")
+    named = [(name, h) for name, h in zip(names, hooks) if h is not None]
+    transforms = [h.batch_transform for _, h in named if h.batch_transform is not None]
+    loss_fn = _at_most_one([(name, h.loss_fn) for name, h in named], "replace the training loss")
+    adversarial = _at_most_one([(name, h.adversarial) for name, h in named],
+                               "replace each batch by a loss-maximising procedure")
+    switches = [h.switch_epoch for _, h in named if h.after is not None]
     switch = min(switches) if switches else None
     after = None
     if switch is not None:
-        after = compose_hooks(*(h.after if h.after is not None and h.switch_epoch == switch else h for h in hooks))
+        later = [h.after if h.after is not None and h.switch_epoch == switch else h for _, h in named]
+        after = compose_hooks(*later, names=[name for name, _ in named])
     return TrainHooks(
         batch_transform=_chain_transforms(transforms) if transforms else None,
-        adversarial=_chain_adversaries(adversaries) if adversaries else None,
-        loss_fn=losses[0] if losses else None,
+        adversarial=adversarial,
+        loss_fn=loss_fn,
         switch_epoch=switch,
         after=after,
     )
