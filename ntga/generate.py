@@ -135,9 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _describe_method(spec) -> str:
     flags = [*SHARED, *(NTGA_ONLY if spec.name == "ntga" else ())]
-    as_flags = "/".join(f.replace("kernel_opt", "kernel_overrides") for f in flags)
-    note = (f"settings (--method {spec.name}@KEY=VALUE,... or --method-opt KEY=VALUE; {as_flags} also as "
-            f"{'/'.join('--' + f.replace('_', '-') for f in flags)}; None = resolved for the data, see below):")
+    as_flags = ", ".join("--" + f.replace("_", "-") + (" (kernel_overrides)" if f == "kernel_opt" else "")
+                         for f in flags)
+    note = (f"settings (--method {spec.name}@KEY=VALUE,... or --method-opt KEY=VALUE; also as the flags "
+            f"{as_flags}; None = resolved for the data):")
     return describe_options(spec.config_type, f"--method {spec.name}: {spec.summary}", note=note)
 
 

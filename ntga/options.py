@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import re
+import textwrap
 import types
 import typing
 from collections.abc import Sequence as AbcSequence
@@ -352,27 +354,82 @@ def _shown(value: Any) -> str:
     return repr(value)
 
 
+# Inline reST/Sphinx markup of docstrings: ``literal``, :role:`target` (``~`` shortens), `x`.
+_ROLE = re.compile(r":[a-z]+:`~?([^`]+)`")
+_LITERAL = re.compile(r"``([^`]+)``|`([^`]+)`")
+_SECTION = re.compile(r"^(Attributes|Args|Arguments|Parameters):\s*$")
+_ENTRY = re.compile(r"^(\*{0,2}\w+)(?: \([^)]*\))?:\s*(.*)$")
+_WIDTH = 100
+
+
+def plain_text(text: str) -> str:
+    """Docstring text for a terminal: reST/Sphinx inline markup removed (``x``, :func:`x` -> x)."""
+    text = _ROLE.sub(lambda m: m.group(1).rsplit(".", 1)[-1] if m.group(0).count("~") else m.group(1), text)
+    return _LITERAL.sub(lambda m: m.group(1) or m.group(2), text)
+
+
+def docstring_fields(doc: str | None) -> tuple[str, dict[str, str]]:
+    """A Google-style docstring split into its prose and one line of help per field.
+
+    Returns:
+      ``(prose, {field: help})``: the text outside the ``Attributes:``/``Args:`` section,
+      and each entry of that section with its continuation lines joined; both in plain
+      text (:func:`plain_text`).
+    """
+    lines = inspect.cleandoc(doc or "").splitlines()
+    prose, helps = [], {}
+    current, in_section, section_indent = None, False, 0
+    for line in lines:
+        stripped = line.strip()
+        indent = len(line) - len(line.lstrip())
+        if _SECTION.match(stripped) and not in_section:
+            in_section, section_indent, current = True, indent, None
+            continue
+        if in_section and stripped and indent <= section_indent:
+            in_section = False
+        if not in_section:
+            prose.append(line)
+            continue
+        entry = _ENTRY.match(stripped)
+        if entry and (current is None or indent <= entry_indent):
+            current, entry_indent = entry.group(1), indent
+            helps[current] = entry.group(2)
+        elif current is not None and stripped:
+            helps[current] = f"{helps[current]} {stripped}".strip()
+    prose_text = re.sub(r"\n{3,}", "\n\n", "\n".join(prose)).strip()
+    return plain_text(prose_text), {k: plain_text(v) for k, v in helps.items()}
+
+
+def _wrap(line: str, indent: int) -> list[str]:
+    # Long lines wrap at spaces only: flags and option names stay whole.
+    return textwrap.wrap(line, _WIDTH, subsequent_indent=" " * indent, break_on_hyphens=False,
+                         break_long_words=False) if len(line) > _WIDTH else [line]
+
+
 def describe_options(source: Any, title: str, doc: str | None = None, note: str = "") -> str:
-    """``--list-opts`` text: a title, an optional note line, ``  name = default`` per option, the docstring.
+    """``--list-opts`` text: a title, an optional note, ``  name = default  (help)`` per option, prose.
 
     Args:
       source: a config dataclass (its docstring is the default ``doc``) or a field table.
       title: the first line (e.g. ``--kernel cnn: ...``).
-      doc: text after the options (None: the dataclass's docstring).
+      doc: text after the options (None: the dataclass's docstring). Its ``Attributes:``
+        section gives the help of options that carry none; reST markup is removed.
       note: a line between the title and the options (e.g. how to set them).
     """
     fields = source if isinstance(source, Mapping) else option_fields(source)
     if doc is None and not isinstance(source, Mapping):
         doc = source.__doc__ or ""
-    lines = [title] + ([note] if note else [])
+    prose, helps = docstring_fields(doc)
+    lines = [title] + (_wrap(note, indent=2) if note else [])
     for name, f in fields.items():
-        lines.append(f"  {name} = {_shown(f.default)}" + (f"  ({f.help})" if f.help else ""))
+        help_text = (f.help or helps.get(name, "")).rstrip(".")
+        line = f"  {name} = {_shown(f.default)}" + (f"  ({help_text})" if help_text else "")
+        lines.extend(_wrap(line, indent=6))
     if not fields:
         lines.append("  (no options)")
-    doc = (doc or "").strip()
-    return "\n".join(lines) + ("\n\n" + doc if doc else "")
+    return "\n".join(lines) + ("\n\n" + prose if prose else "")
 
 
-__all__ = ["OptionField", "coerce", "config_from_items", "describe_options", "format_spec", "lookup",
-           "option_fields", "parse_assignment", "parse_number", "parse_spec", "split_kind", "split_specs",
+__all__ = ["OptionField", "check_choice", "check_keys", "coerce", "config_from_items", "describe_options",
+           "docstring_fields", "format_spec", "lookup", "option_fields", "plain_text", "parse_assignment", "parse_number", "parse_spec", "split_kind", "split_specs",
            "typed_items"]

@@ -30,7 +30,8 @@ from ntga.kernels import CONFIGS, kernel_options, make
 from ntga.methods import METHOD_NAMES, get_method
 from ntga.models import MODELS, get_model, model_options
 from ntga.train import TrainConfig
-from ntga.options import (OptionField, check_choice, check_keys, coerce, config_from_items, describe_options, format_spec, lookup,
+from ntga.options import (OptionField, check_choice, check_keys, coerce, config_from_items, describe_options,
+                          docstring_fields, format_spec, lookup, plain_text,
                           option_fields, parse_spec, split_specs, typed_items)
 
 
@@ -173,6 +174,43 @@ def test_describe_options_lists_defaults_and_the_docstring():
     table = {"quality": OptionField(int, 10, "libjpeg quality")}
     assert describe_options(table, "jpeg").splitlines()[1] == "  quality = 10  (libjpeg quality)"
     assert "(no options)" in describe_options({}, "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Documented:
+    """A config with ``markup``, see :func:`ntga.options.lookup`.
+
+    Attributes:
+      steps: how many ``steps``
+        (continued on a second line).
+      mode (str): :class:`~ntga.options.OptionField` or ``b``.
+
+    Prose after the section stays.
+    """
+
+    steps: int = 3
+    mode: str = "a"
+
+
+def test_list_opts_text_has_per_option_help_and_no_markup():
+    prose, helps = docstring_fields(_Documented.__doc__)
+    assert helps == {"steps": "how many steps (continued on a second line).", "mode": "OptionField or b."}
+    assert prose == "A config with markup, see ntga.options.lookup.\n\nProse after the section stays."
+    text = describe_options(_Documented, "toy")
+    assert text.splitlines()[1:3] == ["  steps = 3  (how many steps (continued on a second line))",
+                                      "  mode = 'a'  (OptionField or b)"]
+    assert "`" not in text and "Attributes" not in text
+    assert plain_text(":mod:`ntga.pixels` and ``x``") == "ntga.pixels and x"
+    # Every registered method's and kernel's --list-opts text: help for every option, no markup.
+    for name in METHOD_NAMES:
+        spec = get_method(name)
+        _, helps = docstring_fields(spec.config_type.__doc__)
+        assert set(helps) >= {f.name for f in dataclasses.fields(spec.config_type)}, name
+    for name in CONFIGS:
+        text = describe_options(kernel_options(name), "k", doc=CONFIGS[name].__doc__)
+        assert "`" not in text and all("  (" in line for line in text.splitlines()[1:len(kernel_options(name)) + 1])
+    long = describe_options({"x": OptionField(int, 1, "word " * 40)}, "t")
+    assert max(map(len, long.splitlines())) <= 100 and long.splitlines()[2].startswith("      word")
 
 
 # ----------------------------------------------------------------------------- lookup

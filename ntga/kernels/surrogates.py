@@ -80,7 +80,15 @@ def _set(config, **fields) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class FnnConfig:
-    """depth x [Dense -> activation] (+ an optional final Dense readout)."""
+    """depth x [Dense -> activation] (+ an optional final Dense readout).
+
+    Attributes:
+      depth: hidden Dense layers (reference: 5).
+      activation: ``erf`` (reference) or ``relu``.
+      W_std: weight standard deviation (reference: sqrt(1.76)).
+      b_std: bias standard deviation (reference: sqrt(0.18)); 0 for no bias.
+      readout: add a final Dense layer after the last activation (the reference has none).
+    """
 
     depth: int = 5
     activation: str = "erf"
@@ -99,7 +107,18 @@ class FnnConfig:
 
 @dataclasses.dataclass(frozen=True)
 class CnnConfig:
-    """depth x [Conv -> activation] -> Flatten -> dense_layers x Dense."""
+    """depth x [Conv -> activation] -> Flatten -> dense_layers x Dense.
+
+    Attributes:
+      depth: convolution layers (reference: 2).
+      activation: ``relu`` (reference) or ``erf``, after each convolution.
+      W_std: weight standard deviation (reference: sqrt(1.76)).
+      b_std: bias standard deviation (reference: sqrt(0.18)); 0 for no bias.
+      filter_size: convolution window (height, width), or one integer for both (reference: 5).
+      stride: convolution stride (height, width), or one integer for both (reference: 2).
+      padding: ``SAME`` (reference) or ``VALID``.
+      dense_layers: Dense layers after Flatten, without nonlinearity (reference: 3).
+    """
 
     depth: int = 2
     activation: str = "relu"
