@@ -102,6 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "or those of method:NAME or kernel:NAME")
     p.add_argument("--fraction", default="1", help="share of each class to protect, in (0, 1]; the rest "
                    "stays clean (chosen by --seed, the same rows for every method)")
+    p.add_argument("--protect-targets", action="store_true",
+                   help="also protect the held-out target set, so the output holds every training image: "
+                   "ntga protects it in a second pass against clean originals of as many first-pass images "
+                   "(the first pass stays the standard run); other methods protect it with the rest")
     p.add_argument("--eps", default=None, help="perturbation budget in [0,1] pixel units, e.g. 0.3 or 8/255 "
                    "(default: 0.3 for greyscale data, 8/255 for colour)")
     p.add_argument("--norm", default=None, choices=("linf", "l2"),

@@ -109,6 +109,9 @@ class MethodSpec:
         their original, unprefixed names, which readers of older manifests use).
       report: ``report(info) -> str``: lines printed after the output is written (e.g. the
         surrogate's own before/after figures); None for none.
+      uses_targets: the method attacks a held-out target set (``task.x_target``); with
+        ``--protect-targets`` the driver protects that set in a second pass (see
+        :mod:`ntga.run.driver`).
     """
 
     name: str
@@ -121,6 +124,7 @@ class MethodSpec:
     block_wise: bool = False
     info_prefix: str = "info_"
     report: Callable[[dict[str, Any]], str] | None = None
+    uses_targets: bool = False
 
     def default_config(self) -> Any:
         return self.config_type()

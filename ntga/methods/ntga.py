@@ -191,5 +191,5 @@ SPECS = {
         summary="Neural Tangent Generalization Attacks: PGD against an infinite-width NTK-GP's target loss "
                 "(Yuan & Wu, ICML 2021)",
         config_type=NTGAConfig, protect=protect_ntga, resolve=_resolve, budget_norm="linf", check=_check,
-        block_wise=True, info_prefix="", report=_report),
+        block_wise=True, info_prefix="", report=_report, uses_targets=True),
 }

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ import numpy as np
 
 from ntga import outdir
 from ntga.data import Split, split_from_args
+from ntga.data.split import stratified_subset
 from ntga.errors import UserInputError
 from ntga.methods.base import MethodSpec, Protected, ProtectTask
 from ntga.poisondir import write_poison_dir
@@ -33,9 +35,25 @@ from ntga.run.plan import parse_shard
 from ntga.run.workdir import WorkDir
 
 
+# The second pass of --protect-targets: its work files, its key, its manifest entry.
+TARGET_PASS = "target_pass"
+_TARGET_PASS_KEY = 0x7A52
+
+
+@dataclasses.dataclass(frozen=True)
+class _Pass:
+    """One protection pass: the output rows it protects and the task the method sees."""
+
+    name: str  # "" for the main pass, TARGET_PASS for the target set's
+    rows: np.ndarray  # int64 positions in the output's rows
+    task: ProtectTask
+    key: jax.Array
+    targets: np.ndarray | None = None  # output rows whose clean images serve as its targets
+
+
 def generate(split: Split, spec: MethodSpec, config: Any, out: str | Path, *, seed: int = 0,
              fraction: float = 1.0, resume: bool = False, shard: tuple[int, int] = (0, 1), devices=None,
-             progress: bool = True) -> Path | None:
+             progress: bool = True, protect_targets: bool = False) -> Path | None:
     """Protects ``split``'s training images with ``spec`` and writes the poison directory ``out``.
 
     Args:
@@ -49,6 +67,13 @@ def generate(split: Split, spec: MethodSpec, config: Any, out: str | Path, *, se
       shard: ``(k, n)``: this process handles blocks ``i % n == k`` of a block-wise method.
       devices: local devices a block-wise method spreads its blocks over (default: all).
       progress: show progress bars.
+      protect_targets: also protect the held-out target set, so the output holds every
+        training image of the split (rows: ``split.train_idx`` then ``split.target_idx``).
+        A method that attacks the target set (``spec.uses_targets``, NTGA) protects it in
+        a second pass whose targets are the clean originals of a class-stratified subset
+        of the first pass's images, as many as the target set (all of them if fewer);
+        the first pass is the standard run, bit for bit. Any other method protects the
+        target set together with the rest in one pass.
 
     Returns:
       ``out`` when the poison directory is complete; None when this process did its
@@ -60,10 +85,20 @@ def generate(split: Split, spec: MethodSpec, config: Any, out: str | Path, *, se
     ds = split.dataset
     split.require_classes()
     check_shard(spec, shard)
+    if protect_targets and not len(split.target_idx):
+        raise UserInputError("--protect-targets: this split holds no target set out (--target-size 0), "
+                             "so every training image is protected already; leave the flag out")
+    rows_x, rows_y, rows_idx = _rows(split, protect_targets)
     positions = select_protected(split.y_train, ds.num_classes, fraction, seed)
-    config = spec.resolved(config, ds.image_shape, len(positions))
-    fingerprint = run_fingerprint(spec.name, dataclasses.asdict(config), seed, fraction, split)
-    task = _task(split, positions, progress)
+    if protect_targets:
+        held_out = select_protected(split.y_target, ds.num_classes, fraction, seed)
+        positions = np.concatenate([positions, len(split.train_idx) + held_out])
+    passes = _passes(split, spec, rows_x, rows_y, positions, protect_targets, seed, progress)
+    # Defaults that depend on the number of images (NTGA's block size) are resolved per
+    # pass; the first pass's settings are the run's, so that pass is the standard run.
+    configs = [spec.resolved(config, ds.image_shape, len(p.rows)) for p in passes]
+    config = configs[0]
+    fingerprint = run_fingerprint(spec.name, dataclasses.asdict(config), seed, fraction, split, protect_targets)
     out = Path(out)
     with outdir.writing(out, shard=shard):
         if resume and finished_with_same_settings(out, fingerprint):
@@ -72,29 +107,93 @@ def generate(split: Split, spec: MethodSpec, config: Any, out: str | Path, *, se
         work = WorkDir(out)
         work.check(fingerprint, resume=resume)  # the folder policy and settings, before any compute
         if spec.check is not None:
-            spec.check(task, config)
+            for p, c in zip(passes, configs):
+                spec.check(p.task, c)
         # A setting that only fails against the data inside protect raises UserInputError:
         # outdir.writing then removes the half-made directory of a fresh run.
         work.open(fingerprint, resume=resume)
-        task = dataclasses.replace(task, workdir=work.private("method"), resume=resume,
-                                   blocks=BlockRunner(work, resume=resume, shard=shard, devices=devices,
-                                                      progress=progress))
         start = time.perf_counter()
-        result = spec.protect(task, config, jax.random.key(seed))
+        results = _run_passes(passes, spec, configs, work, resume, shard, devices, progress)
         wall = time.perf_counter() - start
-        if result is None:
+        if any(r is None for r in results):
             if finished_with_same_settings(out, fingerprint):
                 print(f"{out} was completed by another process of this run")
                 return out
             print(f"shard {shard[0] + 1}/{shard[1]} finished; other shards' blocks are still missing in {out}")
             return None
-        _check_output(spec, result, task)
+        for p, result in zip(passes, results):
+            _check_output(spec, result, p.task)
         # Shards share `out`: only one writes, and a late one finds the directory complete.
         with outdir.assembly_lock(out):
             if finished_with_same_settings(out, fingerprint):
                 print(f"{out} was completed by another process of this run")
                 return out
-            return _write(split, spec, config, out, work, fingerprint, positions, result, wall)
+            return _write(split, spec, configs, out, work, fingerprint, (rows_x, rows_y, rows_idx),
+                          passes, results, wall, protect_targets)
+
+
+def _rows(split: Split, protect_targets: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The output's rows (images, int64 labels, dataset indices): the training split, then the target set."""
+    x, y, idx = split.x_train, split.y_train.astype(np.int64), split.train_idx
+    if protect_targets:
+        x = np.concatenate([x, split.x_target])
+        y = np.concatenate([y, split.y_target.astype(np.int64)])
+        idx = np.concatenate([idx, split.target_idx])
+    return x, y, idx
+
+
+def _passes(split: Split, spec: MethodSpec, x: np.ndarray, y: np.ndarray, positions: np.ndarray,
+            protect_targets: bool, seed: int, progress: bool) -> list[_Pass]:
+    """The protection passes of a run (one, or two for --protect-targets with a target-set method)."""
+    k = split.dataset.num_classes
+    rest = np.setdiff1d(np.arange(len(y)), positions)
+    key = jax.random.key(seed)
+
+    def task(rows: np.ndarray, targets: np.ndarray | None) -> ProtectTask:
+        if targets is None:  # the split's held-out target set (none when it is protected too)
+            x_target, y_target = (None, None) if protect_targets else (split.x_target, split.y_target)
+        else:
+            x_target, y_target = x[targets], y[targets]
+        return ProtectTask(x=x[rows], y=y[rows], num_classes=k, x_rest=x[rest], y_rest=y[rest],
+                           x_target=x_target, y_target=None if y_target is None else y_target.astype(np.int64),
+                           progress=progress)
+
+    if not (protect_targets and spec.uses_targets):
+        return [_Pass("", positions, task(positions, None), key)]
+    n_train = len(split.train_idx)
+    first, second = positions[positions < n_train], positions[positions >= n_train]
+    # The first pass is the standard run: the training images against the held-out set.
+    standard = ProtectTask(x=x[first], y=y[first], num_classes=k, x_rest=x[rest], y_rest=y[rest],
+                           x_target=split.x_target, y_target=split.y_target.astype(np.int64), progress=progress)
+    # The second pass's targets: clean originals of first-pass images (disjoint from the
+    # target-set rows it protects), class-stratified, in the split's order.
+    targets = stratified_subset(first, y[first], min(len(split.target_idx), len(first)), k)
+    return [_Pass("", first, standard, key),
+            _Pass(TARGET_PASS, second, task(second, targets), jax.random.fold_in(key, _TARGET_PASS_KEY), targets)]
+
+
+def _run_passes(passes: list[_Pass], spec: MethodSpec, configs: list[Any], work: WorkDir, resume: bool,
+                shard: tuple[int, int], devices, progress: bool) -> list[Protected | None]:
+    """Each pass's output (None: other shards still owe blocks of it)."""
+    results: list[Protected | None] = [None] * len(passes)
+    # A shard may finish its part of the first pass before the other shards; the second
+    # round (after the other passes) collects their blocks without recomputing anything.
+    for _ in range(2 if len(passes) > 1 else 1):
+        for i, p in enumerate(passes):
+            if results[i] is not None:
+                continue
+            if len(passes) > 1:
+                print(f"pass {i + 1} of {len(passes)}: " + (
+                    f"{len(p.rows)} training images against the held-out target set" if not p.name else
+                    f"{len(p.rows)} target-set images against {len(p.targets)} clean training images"))
+            task = dataclasses.replace(
+                p.task, workdir=work.private(f"method-{p.name}" if p.name else "method"), resume=resume,
+                blocks=BlockRunner(work.for_pass(p.name) if p.name else work, resume=resume, shard=shard,
+                                   devices=devices, progress=progress))
+            results[i] = spec.protect(task, configs[i], p.key)
+        if all(r is not None for r in results):
+            break
+    return results
 
 
 def check_shard(spec: MethodSpec, shard: tuple[int, int]) -> None:
@@ -105,16 +204,6 @@ def check_shard(spec: MethodSpec, shard: tuple[int, int]) -> None:
         block_wise = [name for name in METHOD_NAMES if get_method(name).block_wise]
         raise UserInputError(f"--shard applies to block-wise methods ({', '.join(block_wise)}), "
                              f"not to --method {spec.name}")
-
-
-def _task(split: Split, positions: np.ndarray, progress: bool) -> ProtectTask:
-    rest = np.setdiff1d(np.arange(len(split.y_train)), positions)
-    return ProtectTask(
-        x=split.x_train[positions], y=split.y_train[positions].astype(np.int64),
-        num_classes=split.dataset.num_classes,
-        x_rest=split.x_train[rest], y_rest=split.y_train[rest].astype(np.int64),
-        x_target=split.x_target, y_target=split.y_target.astype(np.int64), progress=progress,
-    )
 
 
 def _check_output(spec: MethodSpec, out: Protected, task: ProtectTask) -> None:
@@ -129,14 +218,17 @@ def _check_output(spec: MethodSpec, out: Protected, task: ProtectTask) -> None:
         raise RuntimeError(f"method {spec.name} changed the labels; protection methods keep them")
 
 
-def _write(split: Split, spec: MethodSpec, config: Any, out: Path, work: WorkDir, fingerprint: dict[str, Any],
-           positions: np.ndarray, result: Protected, wall: float) -> Path:
+def _write(split: Split, spec: MethodSpec, configs: list[Any], out: Path, work: WorkDir, fingerprint: dict[str, Any],
+           rows: tuple[np.ndarray, np.ndarray, np.ndarray], passes: list[_Pass], results: list[Protected],
+           wall: float, protect_targets: bool) -> Path:
     """The manifest and the poison directory of a finished run."""
-    ds = split.dataset
-    x_all = split.x_train.copy()
-    y_all = split.y_train.astype(np.int64).copy()
-    x_all[positions] = result.x
-    y_all[positions] = result.y
+    ds, config = split.dataset, configs[0]
+    rows_x, rows_y, rows_idx = rows
+    x_all, y_all = rows_x.copy(), rows_y.copy()
+    for p, result in zip(passes, results):
+        x_all[p.rows] = result.x
+        y_all[p.rows] = result.y
+    positions = np.sort(np.concatenate([p.rows for p in passes]))
     manifest = {
         **fingerprint,
         # A method with a configurable norm is bounded in the norm it was run with.
@@ -144,24 +236,37 @@ def _write(split: Split, spec: MethodSpec, config: Any, out: Path, work: WorkDir
         "dataset_class_names": list(ds.class_names),
         "num_poisoned": int(len(positions)),
         "num_training_images": int(len(y_all)),
-        "target_size": int(len(split.target_idx)),
+        # Training images of the split held out of the output (none with --protect-targets).
+        "target_size": 0 if protect_targets else int(len(split.target_idx)),
         "wall_time_s": wall,
-        **{f"{spec.info_prefix}{k}": v for k, v in result.info.items()},
+        **{f"{spec.info_prefix}{k}": v for k, v in results[0].info.items()},
     }
+    for p, c, result in zip(passes[1:], configs[1:], results[1:]):
+        manifest[p.name] = {
+            "protected_rows": int(len(p.rows)),
+            # Settings resolved differently for this pass (e.g. a smaller block size).
+            "settings": {k: v for k, v in dataclasses.asdict(c).items() if v != getattr(config, k)},
+            "targets": f"clean originals of {len(p.targets)} first-pass rows (class-stratified)",
+            "target_rows_sha256": hashlib.sha256(np.ascontiguousarray(p.targets).tobytes()).hexdigest(),
+            **result.info,
+        }
     if spec.budget_norm is None:
         # Unbounded methods (cuda, ops) record no L-p budget, so none is checked.
         manifest.pop("eps", None)
         manifest["norm"] = "none"
     elif "norm" not in manifest:
         manifest["norm"] = spec.budget_norm
-    path = write_poison_dir(out, x=x_all, y=y_all, source_indices=split.train_idx, manifest=manifest,
-                            target_indices=split.target_idx if len(split.target_idx) else None,
-                            x_clean=split.x_train, class_names=ds.class_names, overwrite=True,
+    held_out = split.target_idx if len(split.target_idx) and not protect_targets else None
+    path = write_poison_dir(out, x=x_all, y=y_all, source_indices=rows_idx, manifest=manifest,
+                            target_indices=held_out, x_clean=rows_x, class_names=ds.class_names, overwrite=True,
                             protected_positions=None if len(positions) == len(y_all) else positions)
     work.remove()
-    print(f"wrote {path}: {spec.name}, {len(positions)} of {len(y_all)} training images protected in {wall:.1f}s")
+    print(f"wrote {path}: {spec.name}, {len(positions)} of {len(y_all)} training images protected in {wall:.1f}s"
+          + (" (the target set included)" if protect_targets else ""))
     if spec.report is not None:
-        print(spec.report(result.info))
+        print(spec.report(results[0].info))
+        for result in results[1:]:
+            print("target-set pass: " + spec.report(result.info))
     print(next_steps(path))
     return path
 
@@ -181,4 +286,4 @@ def generate_from_args(args: argparse.Namespace, spec: MethodSpec, config: Any) 
     fraction = check_fraction(parse_fraction(args.fraction, "--fraction"))
     split = split_from_args(args)
     return generate(split, spec, config, args.out, seed=args.seed, fraction=fraction, resume=args.resume,
-                    shard=shard, progress=not args.no_progress)
+                    shard=shard, progress=not args.no_progress, protect_targets=args.protect_targets)

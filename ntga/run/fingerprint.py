@@ -18,12 +18,14 @@ from ntga.poisondir import MANIFEST, read_poison_dir
 
 # Fields added to the fingerprint after runs without them were made, with the value
 # those runs implicitly had, so they still resume (NTGA recorded `fraction` only below 1).
-LATER_FIELDS = {"fraction": 1.0}
+LATER_FIELDS = {"fraction": 1.0, "protect_targets": False}
 
 
-def run_fingerprint(method: str, settings: dict[str, Any], seed: int, fraction: float, split) -> dict[str, Any]:
+def run_fingerprint(method: str, settings: dict[str, Any], seed: int, fraction: float, split,
+                    protect_targets: bool = False) -> dict[str, Any]:
     """The fingerprint of running ``method`` with resolved ``settings`` on ``split``."""
-    return {"method": method, **settings, "seed": seed, "fraction": float(fraction), **data_fingerprint(split)}
+    return {"method": method, **settings, "seed": seed, "fraction": float(fraction),
+            "protect_targets": bool(protect_targets), **data_fingerprint(split)}
 
 
 def data_fingerprint(split) -> dict[str, Any]:

@@ -37,9 +37,14 @@ RUN_FILE = "run.json"
 class WorkDir:
     """The ``OUT/.work`` directory of one run (see the module docstring)."""
 
-    def __init__(self, out: Path):
+    def __init__(self, out: Path, block_stem: str = "block"):
         self.out = Path(out)
         self.work = self.out / WORK_DIR
+        self.block_stem = block_stem
+
+    def for_pass(self, name: str) -> "WorkDir":
+        """The same work directory with its own block files ``NAME_block_*`` (a run's second pass)."""
+        return WorkDir(self.out, f"{name}_block")
 
     # -- run fingerprint --------------------------------------------------------------
     def check(self, fingerprint: dict[str, Any], *, resume: bool) -> None:
@@ -74,7 +79,7 @@ class WorkDir:
 
     # -- blocks -----------------------------------------------------------------------
     def _paths(self, index: int) -> tuple[Path, Path]:
-        stem = self.work / f"block_{index:05d}"
+        stem = self.work / f"{self.block_stem}_{index:05d}"
         return stem.with_suffix(".npy"), stem.with_suffix(".json")
 
     def save_block(self, index: int, x_uint8: np.ndarray, stats: dict[str, Any]) -> None:
