@@ -6,7 +6,7 @@ Used by ``python -m defenses.detect`` (scores, AUROC/AUPRC against a
 
     from defenses.detectors import parse_detectors, score_rows
     [linear] = parse_detectors("linear")
-    scores = score_rows(x_train, y_train, num_classes, linear, seed=0)   # [N], higher = more suspicious
+    scores = score_rows(x_train, y_train, num_classes, linear, key=jax.random.key(0))   # [N], higher = more suspicious
 
 Modules: ``registry`` (DETECTORS, parser, running one), ``model`` (the suspect
 model trained on the data), ``cd`` (Cognitive Distillation), ``dynamics``

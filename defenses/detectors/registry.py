@@ -170,10 +170,13 @@ def run_detector(detector: Detector, x: np.ndarray, y: np.ndarray, num_classes: 
     return Detection(detector, scores, info, time.perf_counter() - start)
 
 
-def score_rows(x: np.ndarray, y: np.ndarray, num_classes: int, detector: Detector, *, seed: int = 0,
+def score_rows(x: np.ndarray, y: np.ndarray, num_classes: int, detector: Detector, *, key: jax.Array,
                model_cfg: ModelConfig = ModelConfig(), log: Callable[[str], None] = print) -> np.ndarray:
-    """Scores [N] of one detector on (x, y), with its own suspect model: the library call the filter breaker uses."""
-    key = jax.random.key(seed)
+    """Scores [N] of one detector on (x, y), with its own suspect model: the library call the filter breaker uses.
+
+    ``key`` plays the role of ``jax.random.key(--seed)`` in ``defenses.detect``: the same key
+    and settings give the same scores as the command.
+    """
     models = SuspectModels(x, y, num_classes, jax.random.fold_in(key, MODEL_STREAM), log=log)
     return run_detector(detector, x, y, num_classes, key, models, model_cfg).scores
 
