@@ -57,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
             action.help = ("dataset specs only: score a class-stratified subset of N training rows, the rows "
                            "`ntga.generate --train-size N --target-size 0` picks for the same --seed; their "
                            "indices are written to OUT/rows.npy")
+        if action.dest in ("test_size", "target_size"):
+            action.help = "not used by defenses.detect (it scores training rows only; refused)"
+        if action.dest == "dataset":
+            action.help = "what to score when --poisons is not given (default: digits)"
         if action.dest == "seed":
             action.help = "seed of the suspect model, CD's colours and the --train-size subset (default: 0)"
     d = p.add_argument_group("detectors")
