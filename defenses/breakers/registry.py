@@ -45,10 +45,17 @@ from defenses.breakers.base import (
 from defenses.breakers.losses import make_apl_loss
 from defenses.breakers.projection import orthogonal_projection
 from defenses.breakers.ueraser import ueraser_augment, ueraser_max
+from ntga.models import MODELS
 from ntga.train import TrainHooks
 from ntga.errors import UserInputError
 from ntga.options import describe_options, lookup, parse_spec, split_specs
 from ntga.pixels import NORMS
+
+# defenses.detectors.DETECTORS, named here because the detectors import a breaker module
+# (the projection's linear fit); tests/test_detect.py checks the two agree.
+DETECTOR_NAMES = ("cd", "early-loss", "linear")
+# Victims that can be a detector's suspect model (trained by the surrogate loop).
+SURROGATE_MODELS = tuple(name for name, spec in MODELS.items() if not spec.needs_victim_trainer)
 
 APBENCH = "APBench (Qin et al., 2023; github lafeat/apbench)"
 ISS = "Image Shortcut Squeezing (Liu et al., ICML 2023)"
@@ -147,6 +154,16 @@ def _build_ueraser(draws, max_epochs):
 
 def _build_apl(alpha, beta, passive):
     return None, lambda num_classes: TrainHooks(loss_fn=make_apl_loss(alpha, beta, passive))
+
+
+def _build_filter(detector, share, epochs, model):
+    def prepare(x, y, key):
+        # Imported here: the detectors use the projection breaker's linear fit (no import cycle).
+        from defenses.breakers.filtering import filter_rows
+
+        return filter_rows(x, y, key, detector=detector, share=share, epochs=epochs, model=model)
+
+    return prepare, None
 
 
 _FACTORIES = (
@@ -264,6 +281,25 @@ _FACTORIES = (
             Option("passive", str, "rce", "passive term", choices=("rce", "mae")),
         ),
         _build_apl,
+    ),
+    BreakerFactory(
+        "filter",
+        "Drop the training rows a detector finds most suspicious (defenses.detect) and train on the rest: "
+        "the share S with the highest scores, or (share unset) the rows above Otsu's threshold of the scores, "
+        "chosen without any protection labels.",
+        "ours; detectors: Cognitive Distillation (Huang et al., ICLR 2023), training dynamics (UDP, Zhu et al., "
+        "AAAI 2024), linear separability (Yu et al., KDD 2022)",
+        (TOUCHES_IMAGES,),
+        (
+            Option("detector", str, "early-loss", "which detector scores the rows",
+                   choices=DETECTOR_NAMES),
+            Option("share", float, None, "share of the rows dropped, the most suspicious first", low=0.0,
+                   high=0.99, shown="unset: Otsu's threshold"),
+            Option("epochs", int, 5, "epochs of the detector's suspect model (cd, early-loss)", low=1),
+            Option("model", str, "small-cnn", "the detector's suspect model (cd, early-loss)",
+                   choices=SURROGATE_MODELS),
+        ),
+        _build_filter,
     ),
 )
 
