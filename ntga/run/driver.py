@@ -35,7 +35,7 @@ from ntga.run.workdir import WorkDir
 
 def generate(split: Split, spec: MethodSpec, config: Any, out: str | Path, *, seed: int = 0,
              fraction: float = 1.0, resume: bool = False, shard: tuple[int, int] = (0, 1), devices=None,
-             progress: bool = True) -> Path | None:
+             progress: bool = True, key_out: str | Path | None = None, secret: bytes | None = None) -> Path | None:
     """Protects ``split``'s training images with ``spec`` and writes the poison directory ``out``.
 
     Args:
@@ -49,6 +49,9 @@ def generate(split: Split, spec: MethodSpec, config: Any, out: str | Path, *, se
       shard: ``(k, n)``: this process handles blocks ``i % n == k`` of a block-wise method.
       devices: local devices a block-wise method spreads its blocks over (default: all).
       progress: show progress bars.
+      key_out: the private directory of a method with a secret (``--key-out``; required for it):
+        new or empty, neither inside ``out`` nor containing it. Written before the poison directory.
+      secret: fixed secret bytes for such a method (tests); None draws a fresh one.
 
     Returns:
       ``out`` when the poison directory is complete; None when this process did its
@@ -60,10 +63,11 @@ def generate(split: Split, spec: MethodSpec, config: Any, out: str | Path, *, se
     ds = split.dataset
     split.require_classes()
     check_shard(spec, shard)
+    key_out = check_secret_out(spec, key_out, out)
     positions = select_protected(split.y_train, ds.num_classes, fraction, seed)
     config = spec.resolved(config, ds.image_shape, len(positions))
     fingerprint = run_fingerprint(spec.name, dataclasses.asdict(config), seed, fraction, split)
-    task = _task(split, positions, progress)
+    task = dataclasses.replace(_task(split, positions, progress), secret_out=key_out, secret=secret)
     out = Path(out)
     with outdir.writing(out, shard=shard):
         if resume and finished_with_same_settings(out, fingerprint):
@@ -89,6 +93,8 @@ def generate(split: Split, spec: MethodSpec, config: Any, out: str | Path, *, se
             print(f"shard {shard[0] + 1}/{shard[1]} finished; other shards' blocks are still missing in {out}")
             return None
         _check_output(spec, result, task)
+        if spec.secret_output:
+            result = _write_secret(spec, result, key_out, split, out, fingerprint)
         # Shards share `out`: only one writes, and a late one finds the directory complete.
         with outdir.assembly_lock(out):
             if finished_with_same_settings(out, fingerprint):
@@ -107,6 +113,38 @@ def check_shard(spec: MethodSpec, shard: tuple[int, int]) -> None:
                              f"not to --method {spec.name}")
 
 
+def check_secret_out(spec: MethodSpec, key_out: str | Path | None, out: str | Path) -> Path | None:
+    """``--key-out`` is required for a method with a secret, refused for the others, and never published."""
+    if not spec.secret_output:
+        if key_out is not None:
+            raise UserInputError(f"--key-out applies to methods with a private key (radioactive), "
+                                 f"not to --method {spec.name}")
+        return None
+    if key_out is None:
+        raise UserInputError(f"--method {spec.name} needs --key-out DIR: a new private folder, outside --out, "
+                             "for the secret key that later proves use of the marked data")
+    from ntga.marking.key import check_key_out
+
+    return check_key_out(key_out, out)
+
+
+def _write_secret(spec: MethodSpec, result: Protected, key_out: Path, split: Split, out: Path,
+                  fingerprint: dict[str, Any]) -> Protected:
+    """Writes the method's secret to ``key_out`` (before the poisons) and keeps only its hash for the manifest."""
+    from ntga.marking.key import write_key
+
+    if result.secret is None:
+        raise RuntimeError(f"method {spec.name} returned no secret")
+    where = {"poison_dir": str(out.resolve()), "dataset": split.dataset.spec,
+             "dataset_content_hash": split.dataset.content_hash, "seed": fingerprint.get("seed"),
+             "fraction": fingerprint.get("fraction"), "num_training_images": int(len(split.y_train))}
+    secret = dataclasses.replace(result.secret, info={**result.secret.info, **where})
+    path = write_key(secret, key_out)
+    print(f"PRIVATE KEY written to {path.resolve()} (key sha256 {result.secret.hash[:16]}...): it is the only "
+          "proof of the mark; back it up and never publish it (the poison directory refers to it by hash only)")
+    return dataclasses.replace(result, info={**result.info, "key_sha256": result.secret.hash}, secret=None)
+
+
 def _task(split: Split, positions: np.ndarray, progress: bool) -> ProtectTask:
     rest = np.setdiff1d(np.arange(len(split.y_train)), positions)
     return ProtectTask(
@@ -114,6 +152,7 @@ def _task(split: Split, positions: np.ndarray, progress: bool) -> ProtectTask:
         num_classes=split.dataset.num_classes,
         x_rest=split.x_train[rest], y_rest=split.y_train[rest].astype(np.int64),
         x_target=split.x_target, y_target=split.y_target.astype(np.int64), progress=progress,
+        class_names=tuple(split.dataset.class_names), source_indices=split.train_idx[positions].astype(np.int64),
     )
 
 
@@ -180,5 +219,6 @@ def generate_from_args(args: argparse.Namespace, spec: MethodSpec, config: Any) 
     check_shard(spec, shard)
     fraction = check_fraction(parse_fraction(args.fraction, "--fraction"))
     split = split_from_args(args)
+    check_secret_out(spec, args.key_out, args.out)  # before the data is loaded
     return generate(split, spec, config, args.out, seed=args.seed, fraction=fraction, resume=args.resume,
-                    shard=shard, progress=not args.no_progress)
+                    shard=shard, progress=not args.no_progress, key_out=args.key_out)
