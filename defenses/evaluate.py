@@ -122,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "owner may publish as it is)")
     o.add_argument("--resume", action="store_true",
                    help="continue OUT/results.json: runs already there are skipped (settings must be identical)")
+    o.add_argument("--save-models", action="store_true",
+                   help="keep every trained victim, pickle-free (model.json + params.npz), under "
+                   "OUT/models/<model>/<condition>/seed<k>/ (e.g. for `python -m ntga.detect --model DIR`)")
     o.add_argument("--no-progress", action="store_true", help="no per-epoch progress bars")
     return p
 
@@ -201,7 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = "python -m defenses.evaluate " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None
                                                                                else argv))
     outcome = evaluate(data, victims, conditions, config=config, seeds=args.seeds, base_seed=args.seed, out=out,
-                       resume=args.resume, progress=not args.no_progress, extra_info={"command": command})
+                       resume=args.resume, progress=not args.no_progress, extra_info={"command": command},
+                       save_models=args.save_models)
     print()
     print(markdown_tables(outcome.results))
     files = ", ".join(["results.json", "results.md", *outcome.figures])

@@ -64,6 +64,25 @@ def _save_pngs(root: Path, images: np.ndarray, labels: np.ndarray, stems: np.nda
     return files
 
 
+def refuse_key_material(source: str | Path | None, dest: str | Path) -> None:
+    """A published folder may never hold a radioactive key: refuse a destination inside one, or a source holding one.
+
+    Raises:
+      UserInputError: naming the key directory.
+    """
+    from ntga.marking.key import find_key_dir, keys_inside
+
+    inside = find_key_dir(dest)
+    if inside is not None:
+        raise UserInputError(f"export destination {dest} is inside the private key directory {inside}; "
+                             "published files must never sit beside the key: choose a folder elsewhere")
+    if source is not None:
+        found = keys_inside(source) or ([find_key_dir(source)] if find_key_dir(source) else [])
+        if found:
+            raise UserInputError(f"{source} holds (or lies inside) the private key directory {found[0]}; "
+                                 "move the key out before exporting (it must never be published)")
+
+
 DATASHEET_JSON = "datasheet.json"
 DATASHEET_README = "README.md"
 
@@ -130,6 +149,7 @@ def export_image_folder(
       ``dest``.
     """
     dest = Path(dest)
+    refuse_key_material(poisons.path, dest)
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise UserInputError(f"export destination {dest} exists and is not an empty directory; choose a new one")
     if (x_test is None) != (y_test is None):

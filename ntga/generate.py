@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     epilog = ("methods: ntga (default), random (uniform noise; noise=sample-wise|class-wise), em (error-minimizing "
               "noise), cuda (class-wise blur filters from a private key), sep (self-ensemble protection), beo "
               "(Bayes-error optimisation), lsp (linearly separable patches), ops (one-pixel shortcut), ar "
-              "(autoregressive noise). Options use one grammar: NAME@KEY=VALUE,KEY=VALUE (keys may use dashes; "
+              "(autoregressive noise), radioactive (a mark that proves use; needs --key-out DIR; detect with "
+              "python -m ntga.detect). Options use one grammar: NAME@KEY=VALUE,KEY=VALUE (keys may use dashes; "
               "floats accept 8/255), e.g. --method em@noise=class-wise,steps=20 or --kernel cnn@depth=3. "
               "`--method NAME --list-opts` prints a method's settings and defaults (for ntga also the "
               "--kernel's overrides); `--list-opts kernel:NAME` or `--list-opts method:NAME` prints one "
@@ -129,6 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="[ntga] target images per gradient chunk (memory bound; the gradient stays exact)")
     p.add_argument("--dtype", default=None, choices=("float64", "float32"),
                    help="[ntga] compute precision (default float64)")
+    p.add_argument("--key-out", default=None, metavar="DIR",
+                   help="[radioactive] required: a new private folder, outside --out, for the secret key "
+                   "(carriers, marking network, marked images) that `python -m ntga.detect --key DIR` needs; "
+                   "never published, the poison directory records only its sha256")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--shard", default=None, metavar="K/N",
                    help="block-wise methods (ntga, beo): process only blocks i with i %% N == K-1 (one "

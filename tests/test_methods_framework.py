@@ -33,7 +33,7 @@ _SPEC = MethodSpec(name="toy", summary="toy", config_type=_Cfg, protect=lambda t
 
 
 def test_registry_names_follow_the_design_contract():
-    assert METHOD_NAMES == ("ntga", "random", "em", "cuda", "sep", "beo", "lsp", "ops", "ar")
+    assert METHOD_NAMES == ("ntga", "random", "em", "cuda", "sep", "beo", "lsp", "ops", "ar", "radioactive")
     with pytest.raises(UserInputError, match="unknown method 'nope'.*accepted: ntga, random"):
         get_method("nope")
 

@@ -9,12 +9,18 @@ writes the figures and the complete report.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import re
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
+import numpy as np
 
-from ntga.train import TrainConfig
+from ntga.models import get_model
+from ntga.models.saved import save_model
+from ntga.train import TrainConfig, TrainResult
+from ntga.train.inputs import channel_stats
 from ntga import atomic, outdir
 from ntga.errors import UserInputError
 
@@ -25,6 +31,7 @@ from .runs import Condition, Victim, check_victim, run_all
 from .store import ResultsStore
 
 REPORT = "results.md"
+MODELS_DIR = "models"
 
 
 def _device() -> str:
@@ -55,7 +62,8 @@ class Outcome:
 
 def evaluate(data: EvalData, victims: Sequence[Victim], conditions: Sequence[Condition], *, config: TrainConfig,
              seeds: int, base_seed: int, out: str | Path, resume: bool = False, progress: bool = True,
-             extra_info: Mapping[str, Any] | None = None, log: Callable[[str], None] = print) -> Outcome:
+             extra_info: Mapping[str, Any] | None = None, log: Callable[[str], None] = print,
+             save_models: bool = False) -> Outcome:
     """Trains every (victim, condition, seed) and writes results.json, results.md and the figures.
 
     Args:
@@ -70,6 +78,8 @@ def evaluate(data: EvalData, victims: Sequence[Victim], conditions: Sequence[Con
         progress: per-epoch progress bars.
         extra_info: more descriptive fields for results.json (e.g. the command line).
         log: where progress lines go.
+        save_models: keep every trained victim under ``out/models/<model>/<condition>/seed<k>/``
+            (:func:`ntga.models.saved.save_model`; load with :func:`ntga.models.saved.load_model`).
 
     Raises:
         UserInputError: a victim that cannot take the images, results that exist without
@@ -102,11 +112,41 @@ def evaluate(data: EvalData, victims: Sequence[Victim], conditions: Sequence[Con
             store.add(record)
             atomic.write_text(out / REPORT, markdown(store.results()))
 
+        keep = None
+        if save_models:
+            def keep(victim: Victim, condition: Condition, seed: int, result: TrainResult, x: np.ndarray) -> None:
+                where = model_dir(out, victim.name, condition.id, seed)
+                save_victim(where, data, victim, condition, seed, base_seed, result, x)
+
         trained = run_all(data, victims, conditions, seeds, base_seed, done=store.done, save=save,
-                          progress=progress, log=log)
+                          progress=progress, log=log, keep_model=keep)
         store.save()
         results = store.results()
         names = figures.write_figures(results, out)
         text = markdown(results, names)
         atomic.write_text(out / REPORT, text)
     return Outcome(out=out, results=results, markdown=text, figures=names, trained=trained)
+
+
+def model_dir(out: str | Path, model: str, condition_id: str, seed: int) -> Path:
+    """``out/models/<model>/<condition>/seed<k>`` (a breaker's ``/`` and odd characters become ``--`` / ``_``)."""
+    name = re.sub(r"[^A-Za-z0-9._=@,+-]", "_", condition_id.replace("/", "--"))
+    return Path(out) / MODELS_DIR / model / name / f"seed{int(seed)}"
+
+
+def save_victim(where: Path, data: EvalData, victim: Victim, condition: Condition, seed: int, base_seed: int,
+                result: TrainResult, x: np.ndarray) -> Path:
+    """One trained victim as a self-describing saved model (what it is, how and on what it was trained)."""
+    spec = get_model(victim.name)
+    cfg = victim.config.resolved(spec)
+    mean, std = channel_stats(x) if cfg.standardize else (None, None)
+    fingerprint = {**data.identity, "condition": condition.id,
+                   "train_images_sha256": hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest(),
+                   "num_train_images": int(len(x)), "dataset": data.describe.get("dataset")}
+    return save_model(where, model=victim.name, options=victim.opts, num_classes=data.num_classes,
+                      class_names=data.dataset.class_names, input_shape=data.image_shape,
+                      variables=result.variables, mean=mean, std=std, data_fingerprint=fingerprint,
+                      train_config=dataclasses.asdict(cfg),
+                      extra={"seed": int(seed), "key_seed": int(base_seed + seed),
+                             "final_test_acc": float(result.final_test_acc),
+                             "peak_test_acc": float(result.peak_test_acc)})

@@ -25,7 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from defenses.breakers import Breaker
-from ntga.models import DTYPES, MIN_IMAGE_SIZE, MODELS, get_model, model_options
+from ntga.models import MIN_IMAGE_SIZE, MODELS, get_model, model_options
+from ntga.models.saved import module_overrides
 from ntga.options import parse_assignment, typed_items
 from ntga.train import TrainConfig, TrainResult, train_and_evaluate, train_many_seeds
 from ntga.errors import UserInputError
@@ -128,8 +129,8 @@ def parse_model_opts(items: Sequence[str], models: Sequence[str],
 
 
 def module_kwargs(opts: Mapping[str, Any]) -> dict[str, Any]:
-    """JSON-friendly overrides -> module attributes (dtype names -> jnp dtypes)."""
-    return {k: (DTYPES[v] if k == "dtype" else v) for k, v in opts.items()}
+    """JSON-friendly overrides -> module attributes (dtype names -> jnp dtypes); see ``ntga.models.saved``."""
+    return module_overrides(opts)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -230,7 +231,8 @@ def training_set(data: EvalData, condition: Condition, base_seed: int) -> tuple[
 
 def run_all(data: EvalData, victims: Sequence[Victim], conditions: Sequence[Condition], seeds: int,
             base_seed: int, *, done: Callable[[str, str, int], bool], save: Callable[[dict[str, Any]], None],
-            progress: bool = True, log: Callable[[str], None] = print) -> int:
+            progress: bool = True, log: Callable[[str], None] = print,
+            keep_model: Callable[[Victim, Condition, int, TrainResult, np.ndarray], None] | None = None) -> int:
     """Trains every (victim, condition, seed) for which ``done`` is False.
 
     Conditions are the outer loop, so each breaker prepares its training set
@@ -246,6 +248,8 @@ def run_all(data: EvalData, victims: Sequence[Victim], conditions: Sequence[Cond
         save: called with each finished run's record (:func:`run_record`), in order.
         progress: tqdm bars over epochs.
         log: where the one-line summary of each run goes.
+        keep_model: ``keep_model(victim, condition, seed, result, x_train)`` is called for each
+            finished run before ``save`` (``--save-models``), with the images it trained on.
 
     Returns:
         The number of runs trained.
@@ -276,6 +280,8 @@ def run_all(data: EvalData, victims: Sequence[Victim], conditions: Sequence[Cond
                                                   keys[0], **common)]
                 for s, result in zip(group, results):
                     count += 1
+                    if keep_model is not None:
+                        keep_model(victim, condition, s, result, x)
                     save(run_record(victim, condition, s, base_seed, result, len(group)))
                     log(f"[{count}/{total}] {victim.name} | {condition.label} | seed {s}: final "
                         f"{100 * result.final_test_acc:.2f}%  peak {100 * result.peak_test_acc:.2f}% "

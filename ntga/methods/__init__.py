@@ -12,6 +12,7 @@ beo       Bayes-error optimisation (Zhang et al., arXiv 2511.08191)             
 lsp       linearly separable patches (Yu et al., KDD 2022)                      L2/L-inf
 ops       one-pixel shortcut (Wu et al., ICLR 2023)                             L0
 ar        autoregressive noise (Sandoval-Segura et al., NeurIPS 2022)           L2/L-inf
+radioactive radioactive data, a mark proving use (Sablayrolles et al., ICML 20) L-inf
 ========  ===================================================================  =========
 
 Every method, NTGA included, is a :class:`~ntga.methods.base.MethodSpec` whose
@@ -39,6 +40,7 @@ _MODULES = {
     "lsp": "ntga.methods.shortcuts",
     "ops": "ntga.methods.shortcuts",
     "ar": "ntga.methods.shortcuts",
+    "radioactive": "ntga.methods.radioactive",
 }
 METHOD_NAMES = tuple(_MODULES)
 

@@ -51,6 +51,11 @@ class ProtectTask:
       progress: whether to show a progress bar.
       blocks: the block runner of block-wise methods; by default one that keeps the blocks in
         memory (no resume, one process), as for a direct call from Python.
+      class_names: the dataset's class names (K), or None.
+      source_indices: int64 [N] dataset rows of ``x`` (for a method's private records), or None.
+      secret_out: where the private output of a method with ``secret_output`` goes (``--key-out``);
+        the driver writes it there, never into the output directory.
+      secret: fixed secret bytes for such a method (tests, reproductions); None draws a fresh one.
     """
 
     x: np.ndarray
@@ -64,6 +69,10 @@ class ProtectTask:
     resume: bool = False
     progress: bool = False
     blocks: BlockRunner | None = None
+    class_names: tuple[str, ...] | None = None
+    source_indices: np.ndarray | None = None
+    secret_out: Path | None = None
+    secret: bytes | None = None
 
     def __post_init__(self):
         if self.blocks is None:
@@ -79,11 +88,17 @@ class ProtectTask:
 
 @dataclass(frozen=True)
 class Protected:
-    """A method's output: uint8 [N, H, W, C] images, int64 [N] labels, manifest extras."""
+    """A method's output: uint8 [N, H, W, C] images, int64 [N] labels, manifest extras.
+
+    ``secret`` is the private output of a method with ``secret_output`` (the radioactive key,
+    :class:`ntga.marking.key.MarkKey`): the driver writes it to ``--key-out`` and records only
+    its hash in the manifest.
+    """
 
     x: np.ndarray
     y: np.ndarray
     info: dict[str, Any] = field(default_factory=dict)
+    secret: Any = None
 
 
 @dataclass(frozen=True)
@@ -112,6 +127,8 @@ class MethodSpec:
       uses_targets: the method attacks a held-out target set (``task.x_target``); with
         ``--protect-targets`` the driver protects that set in a second pass (see
         :mod:`ntga.run.driver`).
+      secret_output: the method returns a private secret (``Protected.secret``) that goes to
+        ``--key-out DIR`` (required for it, refused for the others).
     """
 
     name: str
@@ -125,6 +142,7 @@ class MethodSpec:
     info_prefix: str = "info_"
     report: Callable[[dict[str, Any]], str] | None = None
     uses_targets: bool = False
+    secret_output: bool = False
 
     def default_config(self) -> Any:
         return self.config_type()

@@ -210,19 +210,38 @@ def readout_features(module: nn.Module, variables: Any, x: jax.Array) -> tuple[j
     Returns:
       features [B, D] and logits [B, K].
     """
+    feats, logits, _ = _readout(module, variables, x)
+    return feats, logits
+
+
+def readout_layer(module: nn.Module, variables: Any, image_shape: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
+    """The readout of a classifier that ends in a Dense layer: kernel [D, K] and bias [K] (zeros if none).
+
+    ``logits = features @ kernel + bias`` with the features of :func:`readout_features`.
+    """
+    _, _, layer = _readout(module, variables, jnp.zeros((1, *image_shape), jnp.float32))
+    kernel, bias = layer
+    return kernel, (jnp.zeros(kernel.shape[-1], kernel.dtype) if bias is None else bias)
+
+
+def _readout(module, variables, x):
+    """Features, logits and (kernel, bias) of the last ``nn.Dense`` call, captured with an interceptor."""
     captured = []
 
     def interceptor(next_fun, args, kwargs, context):
         if isinstance(context.module, nn.Dense) and context.method_name == "__call__":
-            captured.append(args[0])
+            dense = context.module
+            params = dense.variables.get("params", {}) if dense.has_variable("params", "kernel") else {}
+            captured.append((args[0], params.get("kernel"), params.get("bias")))
         return next_fun(*args, **kwargs)
 
     with nn.intercept_methods(interceptor):
         logits = module.apply(variables, x, train=False)
     if not captured:
         raise UserInputError(f"{type(module).__name__} has no Dense readout, so it has no penultimate features")
-    feats = captured[-1]
-    return feats.reshape(x.shape[0], math.prod(feats.shape[1:])), logits  # explicit size: x may be empty
+    feats, kernel, bias = captured[-1]
+    # explicit size: x may be empty
+    return feats.reshape(x.shape[0], math.prod(feats.shape[1:])), logits, (kernel, bias)
 
 
-__all__ = ["State", "Surrogate", "accuracy", "make_surrogate", "padded_batches", "readout_features"]
+__all__ = ["State", "Surrogate", "accuracy", "make_surrogate", "padded_batches", "readout_features", "readout_layer"]

@@ -53,7 +53,8 @@ class _Pass:
 
 def generate(split: Split, spec: MethodSpec, config: Any, out: str | Path, *, seed: int = 0,
              fraction: float = 1.0, resume: bool = False, shard: tuple[int, int] = (0, 1), devices=None,
-             progress: bool = True, protect_targets: bool = False) -> Path | None:
+             progress: bool = True, protect_targets: bool = False, key_out: str | Path | None = None,
+             secret: bytes | None = None) -> Path | None:
     """Protects ``split``'s training images with ``spec`` and writes the poison directory ``out``.
 
     Args:
@@ -74,6 +75,9 @@ def generate(split: Split, spec: MethodSpec, config: Any, out: str | Path, *, se
         of the first pass's images, as many as the target set (all of them if fewer);
         the first pass is the standard run, bit for bit. Any other method protects the
         target set together with the rest in one pass.
+      key_out: the private directory of a method with a secret (``--key-out``; required for it):
+        new or empty, neither inside ``out`` nor containing it. Written before the poison directory.
+      secret: fixed secret bytes for such a method (tests); None draws a fresh one.
 
     Returns:
       ``out`` when the poison directory is complete; None when this process did its
@@ -85,6 +89,7 @@ def generate(split: Split, spec: MethodSpec, config: Any, out: str | Path, *, se
     ds = split.dataset
     split.require_classes()
     check_shard(spec, shard)
+    key_out = check_secret_out(spec, key_out, out)
     if protect_targets and not len(split.target_idx):
         raise UserInputError("--protect-targets: this split holds no target set out (--target-size 0), "
                              "so every training image is protected already; leave the flag out")
@@ -93,7 +98,9 @@ def generate(split: Split, spec: MethodSpec, config: Any, out: str | Path, *, se
     if protect_targets:
         held_out = select_protected(split.y_target, ds.num_classes, fraction, seed)
         positions = np.concatenate([positions, len(split.train_idx) + held_out])
-    passes = _passes(split, spec, rows_x, rows_y, positions, protect_targets, seed, progress)
+    passes = _passes(split, spec, (rows_x, rows_y, rows_idx), positions, protect_targets, seed, progress)
+    passes = [dataclasses.replace(p, task=dataclasses.replace(p.task, secret_out=key_out, secret=secret))
+              for p in passes]
     # Defaults that depend on the number of images (NTGA's block size) are resolved per
     # pass; the first pass's settings are the run's, so that pass is the standard run.
     configs = [spec.resolved(config, ds.image_shape, len(p.rows)) for p in passes]
@@ -123,6 +130,8 @@ def generate(split: Split, spec: MethodSpec, config: Any, out: str | Path, *, se
             return None
         for p, result in zip(passes, results):
             _check_output(spec, result, p.task)
+        if spec.secret_output:  # methods with a secret protect in one pass
+            results[0] = _write_secret(spec, results[0], key_out, split, out, fingerprint, len(rows_y))
         # Shards share `out`: only one writes, and a late one finds the directory complete.
         with outdir.assembly_lock(out):
             if finished_with_same_settings(out, fingerprint):
@@ -130,6 +139,38 @@ def generate(split: Split, spec: MethodSpec, config: Any, out: str | Path, *, se
                 return out
             return _write(split, spec, configs, out, work, fingerprint, (rows_x, rows_y, rows_idx),
                           passes, results, wall, protect_targets)
+
+
+def check_secret_out(spec: MethodSpec, key_out: str | Path | None, out: str | Path) -> Path | None:
+    """``--key-out`` is required for a method with a secret, refused for the others, and never published."""
+    if not spec.secret_output:
+        if key_out is not None:
+            raise UserInputError(f"--key-out applies to methods with a private key (radioactive), "
+                                 f"not to --method {spec.name}")
+        return None
+    if key_out is None:
+        raise UserInputError(f"--method {spec.name} needs --key-out DIR: a new private folder, outside --out, "
+                             "for the secret key that later proves use of the marked data")
+    from ntga.marking.key import check_key_out
+
+    return check_key_out(key_out, out)
+
+
+def _write_secret(spec: MethodSpec, result: Protected, key_out: Path, split: Split, out: Path,
+                  fingerprint: dict[str, Any], num_training_images: int) -> Protected:
+    """Writes the method's secret to ``key_out`` (before the poisons) and keeps only its hash for the manifest."""
+    from ntga.marking.key import write_key
+
+    if result.secret is None:
+        raise RuntimeError(f"method {spec.name} returned no secret")
+    where = {"poison_dir": str(out.resolve()), "dataset": split.dataset.spec,
+             "dataset_content_hash": split.dataset.content_hash, "seed": fingerprint.get("seed"),
+             "fraction": fingerprint.get("fraction"), "num_training_images": int(num_training_images)}
+    secret = dataclasses.replace(result.secret, info={**result.secret.info, **where})
+    path = write_key(secret, key_out)
+    print(f"PRIVATE KEY written to {path.resolve()} (key sha256 {result.secret.hash[:16]}...): it is the only "
+          "proof of the mark; back it up and never publish it (the poison directory refers to it by hash only)")
+    return dataclasses.replace(result, info={**result.info, "key_sha256": result.secret.hash}, secret=None)
 
 
 def _rows(split: Split, protect_targets: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -142,10 +183,12 @@ def _rows(split: Split, protect_targets: bool) -> tuple[np.ndarray, np.ndarray, 
     return x, y, idx
 
 
-def _passes(split: Split, spec: MethodSpec, x: np.ndarray, y: np.ndarray, positions: np.ndarray,
-            protect_targets: bool, seed: int, progress: bool) -> list[_Pass]:
+def _passes(split: Split, spec: MethodSpec, rows: tuple[np.ndarray, np.ndarray, np.ndarray],
+            positions: np.ndarray, protect_targets: bool, seed: int, progress: bool) -> list[_Pass]:
     """The protection passes of a run (one, or two for --protect-targets with a target-set method)."""
+    x, y, idx = rows
     k = split.dataset.num_classes
+    names = tuple(split.dataset.class_names)
     rest = np.setdiff1d(np.arange(len(y)), positions)
     key = jax.random.key(seed)
 
@@ -156,7 +199,7 @@ def _passes(split: Split, spec: MethodSpec, x: np.ndarray, y: np.ndarray, positi
             x_target, y_target = x[targets], y[targets]
         return ProtectTask(x=x[rows], y=y[rows], num_classes=k, x_rest=x[rest], y_rest=y[rest],
                            x_target=x_target, y_target=None if y_target is None else y_target.astype(np.int64),
-                           progress=progress)
+                           progress=progress, class_names=names, source_indices=idx[rows].astype(np.int64))
 
     if not (protect_targets and spec.uses_targets):
         return [_Pass("", positions, task(positions, None), key)]
@@ -164,7 +207,8 @@ def _passes(split: Split, spec: MethodSpec, x: np.ndarray, y: np.ndarray, positi
     first, second = positions[positions < n_train], positions[positions >= n_train]
     # The first pass is the standard run: the training images against the held-out set.
     standard = ProtectTask(x=x[first], y=y[first], num_classes=k, x_rest=x[rest], y_rest=y[rest],
-                           x_target=split.x_target, y_target=split.y_target.astype(np.int64), progress=progress)
+                           x_target=split.x_target, y_target=split.y_target.astype(np.int64), progress=progress,
+                           class_names=names, source_indices=idx[first].astype(np.int64))
     # The second pass's targets: clean originals of first-pass images (disjoint from the
     # target-set rows it protects), class-stratified, in the split's order.
     targets = stratified_subset(first, y[first], min(len(split.target_idx), len(first)), k)
@@ -283,7 +327,8 @@ def generate_from_args(args: argparse.Namespace, spec: MethodSpec, config: Any) 
 
     shard = parse_shard(args.shard)
     check_shard(spec, shard)
+    check_secret_out(spec, args.key_out, args.out)  # before the data is loaded
     fraction = check_fraction(parse_fraction(args.fraction, "--fraction"))
     split = split_from_args(args)
     return generate(split, spec, config, args.out, seed=args.seed, fraction=fraction, resume=args.resume,
-                    shard=shard, progress=not args.no_progress, protect_targets=args.protect_targets)
+                    shard=shard, progress=not args.no_progress, protect_targets=args.protect_targets, key_out=args.key_out)
