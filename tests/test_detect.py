@@ -16,7 +16,7 @@ from defenses.breakers.registry import DETECTOR_NAMES
 from defenses.detect import main
 from defenses.detectors import (DETECTORS, ModelConfig, SuspectModels, auroc, average_precision, otsu_threshold,
                                 parse_detector, parse_detectors, roc_curve, run_detector, score_rows)
-from defenses.detectors.cd import CDConfig, make_distill
+from defenses.detectors.cd import CDConfig, cd_scores, make_distill
 from ntga.errors import UserInputError
 from ntga.poisondir import write_poison_dir
 
@@ -121,11 +121,25 @@ def test_cd_objective_decreases_on_a_tiny_model(key):
         jax.random.normal(key, (2, 2, 3, 4), jnp.float32)).reshape(-1, 4)
     f = lambda x: x.reshape(x.shape[0], -1) @ w
     x = jax.random.uniform(jax.random.fold_in(key, 1), (6, 8, 8, 3), jnp.float32)
-    mask, history = jax.jit(make_distill(f, CDConfig(steps=100)))(x, jax.random.fold_in(key, 2))
+    mask, history = jax.jit(make_distill(f, CDConfig(steps=100)))(x, jax.random.split(jax.random.fold_in(key, 2), 6))
     history = np.asarray(history)
     assert mask.shape == (6, 8, 8, 1) and float(mask.min()) >= 0 and float(mask.max()) <= 1
     assert history[-10:].mean() < 0.5 * history[:10].mean()
     assert float(mask[:, :2, :2].mean()) > 0.5 > float(mask[:, 4:, 4:].mean())
+
+
+def test_cd_scores_do_not_depend_on_the_batch_size(key):
+    # Each row's colours come from fold_in(key, row), not from its batch or its place in it.
+    w = jax.random.normal(key, (8 * 8 * 3, 4), jnp.float32)
+    f = lambda x: x.reshape(x.shape[0], -1) @ w
+    x = np.asarray(jax.random.randint(jax.random.fold_in(key, 1), (10, 8, 8, 3), 0, 256), np.uint8)
+    k = jax.random.fold_in(key, 2)
+    s4, _ = cd_scores(f, x, k, CDConfig(steps=5, batch_size=4))
+    s7, _ = cd_scores(f, x, k, CDConfig(steps=5, batch_size=7))
+    np.testing.assert_allclose(s4, s7, rtol=1e-5, atol=1e-6)
+    assert np.ptp(s4) > 0  # the rows really differ (not a trivially constant score)
+    s3, _ = cd_scores(f, x[3:], k, CDConfig(steps=5, batch_size=7))
+    assert not np.allclose(s3, s4[3:], rtol=1e-5, atol=1e-6)  # ... and the key is per row index
 
 
 def test_suspect_model_is_shared_between_detectors():

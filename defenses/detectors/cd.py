@@ -19,9 +19,11 @@ trigger or shortcut is all the model needs), so the suspicion score is the
 negated mean of the final mask, ``-||m||_1 / (H * W)`` in [-1, 0]: higher = more
 suspicious, as every detector here.
 
-Batched and jitted: one ``lax.scan`` over the steps for a whole batch of images;
-images are independent (Adam is per coordinate and the objective a sum over
-images), so the batch size changes nothing but speed. Deterministic given the key.
+Batched and jitted: one ``lax.scan`` over the steps for a whole batch of images.
+Images are independent: Adam is per coordinate, the objective a sum over images,
+and row ``r``'s colours come from its own key ``fold_in(key, r)`` (then
+``fold_in(., step)``), never from its batch or its place in it; so the batch size
+changes nothing but speed (up to float rounding). Deterministic given the key.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import optax
 
 from ntga.errors import UserInputError
 from ntga.methods.surrogate import padded_batches
+from ntga.options import check_choice
 from ntga.pixels import as_float
 
 VARIANTS = ("logits", "features")
@@ -64,8 +67,7 @@ class CDConfig:
     batch_size: int = 256
 
     def __post_init__(self):
-        if self.variant not in VARIANTS:
-            raise UserInputError(f"cd: variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
+        check_choice("cd: variant", self.variant, VARIANTS)
         if self.steps < 1 or self.batch_size < 1:
             raise UserInputError("cd: steps and batch_size must be positive")
         for name in ("alpha", "beta", "lr"):
@@ -91,14 +93,16 @@ def total_variation(m: jax.Array) -> jax.Array:
 
 
 def make_distill(f: Callable[[jax.Array], jax.Array], cfg: CDConfig) -> Callable:
-    """``distill(x [B,H,W,C] float, key) -> (mask [B,H,W,1], objective [steps] mean over the batch)`` (pure).
+    """``distill(x [B,H,W,C] float, keys [B]) -> (mask [B,H,W,1], objective [steps] mean over the batch)`` (pure).
 
+    ``keys`` holds one PRNG key per image: image ``j``'s colour at step ``s`` is drawn from
+    ``fold_in(keys[j], s)``, so its mask does not depend on the other images of the batch.
     ``objective[s]`` is the batch mean of L before update ``s`` (for tests and diagnostics).
     """
     cfg = cfg.resolved()
     tx = optax.adam(cfg.lr, b1=0.1, b2=0.1)
 
-    def distill(x, key):
+    def distill(x, keys):
         b, h, w_, c = x.shape
         target = jax.lax.stop_gradient(f(x))
 
@@ -111,7 +115,8 @@ def make_distill(f: Callable[[jax.Array], jax.Array], cfg: CDConfig) -> Callable
 
         def step(carry, i):
             w, opt_state = carry
-            delta = jax.random.uniform(jax.random.fold_in(key, i), (b, 1, 1, c), x.dtype)
+            colour = lambda k: jax.random.uniform(jax.random.fold_in(k, i), (c,), x.dtype)
+            delta = jax.vmap(colour)(keys).reshape(b, 1, 1, c)
             (_, per_image), grad = jax.value_and_grad(objective, has_aux=True)(w, delta)
             updates, opt_state = tx.update(grad, opt_state, w)
             return (optax.apply_updates(w, updates), opt_state), jnp.mean(per_image)
@@ -130,16 +135,18 @@ def cd_scores(f: Callable[[jax.Array], jax.Array], x: np.ndarray, key: jax.Array
     Args:
         f: the frozen model's logits or features of images in [0, 1] (pure, jittable).
         x: [N, H, W, C] uint8 or float [0, 1].
-        key: batch i draws its colours from ``fold_in(key, i)``.
+        key: row r draws its colours from ``fold_in(key, r)`` (whatever the batch size).
         cfg: the settings.
     """
     n = int(x.shape[0])
-    distill = jax.jit(make_distill(f, cfg))
+    distill = make_distill(f, cfg)
+    # The per-row keys are derived inside the jitted call, from the global row indices.
+    run = jax.jit(lambda xb, rows: distill(xb, jax.vmap(lambda r: jax.random.fold_in(key, r))(rows)))
     idx, _ = padded_batches(n, min(cfg.batch_size, n))
     xf = jnp.asarray(as_float(np.asarray(x)), jnp.float32)
     scores, histories = [], []
-    for i, rows in enumerate(jnp.asarray(idx)):
-        mask, history = distill(xf[rows], jax.random.fold_in(key, i))
+    for rows in jnp.asarray(idx):
+        mask, history = run(xf[rows], rows)
         scores.append(-np.asarray(jnp.mean(mask, axis=(1, 2, 3)), np.float64))
         histories.append(np.asarray(history, np.float64))
     return np.concatenate(scores)[:n], np.stack(histories)
