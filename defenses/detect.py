@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="results directory (default: runs/detect-<name of the source>; never inside the poison "
                    "directory)")
     o.add_argument("--resume", action="store_true",
-                   help="continue OUT: detectors whose scores are saved there with identical settings are skipped")
+                   help="continue OUT: detectors whose scores are saved there with identical settings (and pass "
+                   "their sha256 check, scores.npy.sha256) are skipped; damaged scores are recomputed")
     return p
 
 

@@ -106,6 +106,25 @@ def load_arrays(path: str | Path) -> dict[str, np.ndarray] | None:
         return None
 
 
+def save_array(path: str | Path, array: Any) -> None:
+    """Saves one array as a checksummed ``.npy`` (readable with ``np.load(path, allow_pickle=False)`` alone)."""
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(array), allow_pickle=False)
+    write(path, buf.getvalue())
+
+
+def load_array(path: str | Path) -> np.ndarray | None:
+    """The array of a verified :func:`save_array` file, or None (absent or corrupt: recompute)."""
+    data = read(path)
+    if data is None:
+        return None
+    try:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:  # checksum matched but content unreadable: our own bug
+        discard(path, f"is not a readable array file ({err})")
+        return None
+
+
 def save_json(path: str | Path, payload: Any) -> None:
     write(path, (json.dumps(payload, indent=1, allow_nan=False) + "\n").encode())
 

@@ -189,6 +189,32 @@ def test_cli_scores_metrics_and_figures(fraction_dir, tmp_path, capsys):
     assert "resumed" in capsys.readouterr().out
 
 
+def test_cli_resume_recomputes_damaged_or_unverified_scores(fraction_dir, tmp_path, capsys):
+    src, _ = fraction_dir
+    out = tmp_path / "det"
+    args = ["--poisons", str(src), "--detector", "linear", "--out", str(out)]
+    assert main(args) == 0
+    path = out / "linear" / "scores.npy"
+    good = np.load(path, allow_pickle=False)
+    assert (out / "linear" / "scores.npy.sha256").exists()
+    damaged = good.copy()
+    damaged[0] += 1.0  # a plausible-looking edit: same shape, finite, wrong
+    np.save(path, damaged, allow_pickle=False)
+    capsys.readouterr()
+    assert main(args + ["--resume"]) == 0
+    captured = capsys.readouterr()
+    assert "does not match its checksum" in captured.err
+    assert "missing or damaged; recomputing" in captured.out and "(resumed)" not in captured.out
+    np.testing.assert_array_equal(np.load(path, allow_pickle=False), good)
+    # a scores file without its checksum (e.g. copied in by hand) is not trusted either
+    (out / "linear" / "scores.npy.sha256").unlink()
+    assert main(args + ["--resume"]) == 0
+    assert "has no checksum" in capsys.readouterr().err
+    np.testing.assert_array_equal(np.load(path, allow_pickle=False), good)
+    assert main(args + ["--resume"]) == 0  # now verified: reused
+    assert "(resumed)" in capsys.readouterr().out
+
+
 def test_cli_auroc_without_protected_positions_is_a_clear_error(tmp_path):
     x, y, _ = _shortcut_data()
     src = tmp_path / "full"

@@ -3,8 +3,9 @@
 ``load_source`` reads what to score (a poison directory, verified by sha256, with
 its ``protected_positions.npy`` when a ``--fraction`` run wrote one; or the
 training split of a dataset spec); ``detect`` runs each detector, writes its
-scores as soon as it finishes (``--resume`` skips detectors whose scores are
-saved under identical settings), then the metrics, figures and summary.
+scores as soon as it finishes, with a checksum (``--resume`` skips detectors whose
+scores are saved under identical settings and pass it; damaged ones are recomputed),
+then the metrics, figures and summary.
 """
 
 from __future__ import annotations
@@ -163,16 +164,19 @@ def detect(source: Source, detectors: Sequence[Detector], *, model_cfg: ModelCon
         for det in detectors:
             folder = out / det.name
             old = previous.get(det.name)
-            saved = report.load_scores(folder / report.SCORES, len(source.x)) if old else None
-            if saved is not None and old.get("config") == json.loads(json.dumps(dataclasses.asdict(det.config))):
+            same = old is not None and old.get("config") == json.loads(json.dumps(dataclasses.asdict(det.config)))
+            saved = report.load_scores(folder / report.SCORES, len(source.x)) if same else None
+            if saved is not None:
                 log(f"{det.spec}: scores already in {folder} (resumed)")
                 payload["detectors"][det.name] = old
                 scores[det.name] = saved
                 continue
+            if same:
+                log(f"{det.spec}: the saved scores in {folder} are missing or damaged; recomputing them")
             log(f"{det.spec}: scoring {len(source.x)} rows")
             d = run_detector(det, source.x, source.y, source.num_classes, key, models, model_cfg)
             folder.mkdir(exist_ok=True)
-            report.save_npy(folder / report.SCORES, d.scores)
+            report.save_scores(folder / report.SCORES, d.scores)
             entry = _entry(d, labels)
             payload["detectors"][det.name] = entry
             scores[det.name] = d.scores

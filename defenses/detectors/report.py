@@ -3,6 +3,7 @@
 Layout of ``OUT``::
 
     OUT/<detector>/scores.npy    float64 [N] per row of the source, higher = more likely protected
+    OUT/<detector>/scores.npy.sha256  its checksum (:mod:`ntga.workfiles`): --resume reuses only verified scores
     OUT/detection.json           settings, per-detector facts, AUROC / AUPRC when labels exist
     OUT/summary.md               the table, in Markdown
     OUT/<detector>/histogram.png score histogram, protected vs clean (with labels only)
@@ -20,7 +21,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ntga import atomic
+from ntga import atomic, workfiles
 
 from .metrics import roc_curve
 
@@ -38,13 +39,24 @@ def save_npy(path: Path, array: np.ndarray) -> None:
     atomic.write_bytes(path, buffer.getvalue())
 
 
+def save_scores(path: Path, scores: np.ndarray) -> None:
+    """Writes one detector's scores [N] with a checksum sidecar (``scores.npy.sha256``)."""
+    workfiles.save_array(path, np.asarray(scores, np.float64))
+
+
 def load_scores(path: Path, n: int) -> np.ndarray | None:
-    """Saved scores of ``n`` rows, or None when absent or not matching (then they are recomputed)."""
-    try:
-        scores = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError):
+    """Saved scores of ``n`` rows, or None when absent, damaged or not matching (then they are recomputed).
+
+    Only scores that pass their checksum are trusted; a damaged or unverifiable file is
+    reported on stderr and deleted (:func:`ntga.workfiles.read`).
+    """
+    scores = workfiles.load_array(path)
+    if scores is None:
         return None
-    return scores if scores.shape == (n,) and np.all(np.isfinite(scores)) else None
+    if scores.dtype != np.float64 or scores.shape != (n,) or not np.all(np.isfinite(scores)):
+        workfiles.discard(path, f"holds {scores.dtype}{list(scores.shape)}, expected finite float64[{n}]")
+        return None
+    return scores
 
 
 def _pyplot():
@@ -147,4 +159,4 @@ def describe_labels(positions: np.ndarray | None, n: int, source_kind: str) -> t
 
 
 __all__ = ["DETECTION", "HISTOGRAM", "ROC", "ROWS", "SCORES", "SUMMARY", "describe_labels", "load_scores",
-           "markdown", "plot_histogram", "plot_roc", "save_npy", "write_figures"]
+           "markdown", "plot_histogram", "plot_roc", "save_npy", "save_scores", "write_figures"]
