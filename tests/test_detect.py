@@ -150,6 +150,35 @@ def test_suspect_model_is_shared_between_detectors():
     assert len(models._trained) == 1
 
 
+def test_linear_lr_bound_and_a_diverging_fit_is_a_user_error(monkeypatch):
+    from defenses.breakers.projection import MAX_LR
+    from defenses.detectors import dynamics
+
+    assert parse_detector(f"linear@lr={MAX_LR:g}").config.lr == MAX_LR
+    with pytest.raises(UserInputError, match=r"lr in \(0, 3\]"):
+        parse_detector("linear@lr=3.5")
+    x, y, _ = _shortcut_data()
+
+    def diverged(flat, labels, k, steps, lr):
+        return jnp.full((flat.shape[1], k), jnp.inf, flat.dtype), jnp.zeros((k,), flat.dtype)
+
+    monkeypatch.setattr(dynamics, "fit_linear_classifier", diverged)
+    with pytest.raises(UserInputError, match=r"diverged.*linear@lr=0\.5"):
+        score_rows(x, y, 2, parse_detector("linear@lr=2"), key=jax.random.key(0))
+
+
+def test_non_finite_scores_name_the_setting_to_lower():
+    import dataclasses
+
+    x, y, _ = _shortcut_data(n=8)
+    nan = lambda x, *args: (np.full(len(x), np.nan), {})
+    for name, hint in (("early-loss", "learning rate \\(--lr\\)"), ("cd", "cd@lr"), ("linear", "linear@lr")):
+        det = parse_detector(name)
+        det = dataclasses.replace(det, entry=dataclasses.replace(det.entry, score=nan))
+        with pytest.raises(UserInputError, match=f"8 of 8 scores are not finite.*{hint}"):
+            run_detector(det, x, y, 2, jax.random.key(0), None, TINY)
+
+
 def test_detector_parsing_errors():
     with pytest.raises(UserInputError, match="unknown detector 'strip'"):
         parse_detectors("strip")

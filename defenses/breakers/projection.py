@@ -40,6 +40,12 @@ import optax
 from ntga.errors import UserInputError
 from ntga.pixels import as_float, check_images
 
+# Largest accepted step size of the linear fit (the orthogonal-projection breaker's and the
+# linear detector's ``lr``): on the normalised features the loss's curvature is at most 1/2, so
+# gradient descent cannot diverge below lr = 4; 3 leaves room for the power-iteration estimate
+# of the top eigenvalue being a little low.
+MAX_LR = 3.0
+
 
 def top_eigenvalue(x: jax.Array, iterations: int = 50) -> jax.Array:
     """Largest eigenvalue of x^T x / N for x [N, D], by power iteration (deterministic start)."""
@@ -65,7 +71,8 @@ def fit_linear_classifier(
     (tests/test_breakers_transforms.py). For a step size that needs no tuning
     across image sizes, features are centred and scaled so the covariance's
     largest eigenvalue is 1 (the loss's curvature is then at most 1/2 in
-    every direction, and lr = 1 is stable); this only rescales W, not its span.
+    every direction, so any lr below 4 is stable; at most :data:`MAX_LR` = 3 is accepted,
+    1 is the default); this only rescales W, not its span.
 
     Args:
         x: [N, D] float features.

@@ -43,7 +43,7 @@ from defenses.breakers.base import (
     compose,
 )
 from defenses.breakers.losses import make_apl_loss
-from defenses.breakers.projection import orthogonal_projection
+from defenses.breakers.projection import MAX_LR, orthogonal_projection
 from defenses.breakers.ueraser import ueraser_augment, ueraser_max
 from ntga.models import MODELS
 from ntga.train import TrainHooks
@@ -266,7 +266,8 @@ _FACTORIES = (
         (TOUCHES_IMAGES,),
         (
             Option("steps", int, 300, "full-batch gradient steps of the linear fit", low=1),
-            Option("lr", float, 1.0, "step size of the linear fit on normalised pixels", low=1e-12, high=3.0),
+            Option("lr", float, 1.0, "step size of the linear fit on normalised pixels (stable below 4)",
+                   low=1e-12, high=MAX_LR),
         ),
         _build_projection,
     ),

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from defenses.breakers.projection import fit_linear_classifier
+from defenses.breakers.projection import MAX_LR, fit_linear_classifier
 from ntga.errors import UserInputError
 from ntga.pixels import as_float
 
@@ -59,7 +59,9 @@ class LinearConfig:
 
     Attributes:
         steps: full-batch gradient steps of the linear fit.
-        lr: step size on the normalised pixels (stable up to about 2).
+        lr: step size on the normalised pixels, in (0, 3]: the loss's curvature there is at most
+            1/2, so the fit is stable for any accepted value (a fit that still diverges is refused,
+            naming this setting).
         signal: "margin" (label logit minus the largest other logit) or "loss" (negated cross-entropy).
     """
 
@@ -68,8 +70,9 @@ class LinearConfig:
     signal: Literal["margin", "loss"] = "margin"
 
     def __post_init__(self):
-        if self.steps < 1 or not 0 < self.lr <= 3.0:
-            raise UserInputError(f"linear: steps must be >= 1 and lr in (0, 3], got steps={self.steps}, lr={self.lr}")
+        if self.steps < 1 or not 0 < self.lr <= MAX_LR:
+            raise UserInputError(f"linear: steps must be >= 1 and lr in (0, {MAX_LR:g}], got steps={self.steps}, "
+                                 f"lr={self.lr}")
 
 
 def linear_scores(x: np.ndarray, y: np.ndarray, num_classes: int, cfg: LinearConfig) -> tuple[np.ndarray, float]:
@@ -79,11 +82,17 @@ def linear_scores(x: np.ndarray, y: np.ndarray, num_classes: int, cfg: LinearCon
         x: [N, H, W, C] uint8 or float [0, 1].
         y: [N] int labels.
         num_classes: K.
+
+    Raises:
+        UserInputError: the fit diverged (non-finite logits); names ``linear@lr`` to lower.
     """
     flat = jnp.asarray(as_float(np.asarray(x)).reshape(len(x), -1), jnp.float32)
     labels = jnp.asarray(np.asarray(y), jnp.int32)
     w, b = fit_linear_classifier(flat, labels, int(num_classes), int(cfg.steps), float(cfg.lr))
     logits = flat @ w + b[None, :]
+    if not bool(jnp.all(jnp.isfinite(logits))):
+        raise UserInputError(f"detector linear: the linear fit diverged (non-finite logits) at lr={cfg.lr:g}, "
+                             f"steps={cfg.steps}; lower the step size, e.g. linear@lr={cfg.lr / 4:g}")
     own = jnp.take_along_axis(logits, labels[:, None], axis=1)[:, 0]
     if cfg.signal == "margin":
         others = jnp.where(jax.nn.one_hot(labels, num_classes, dtype=bool), -jnp.inf, logits)

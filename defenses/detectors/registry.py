@@ -43,6 +43,7 @@ class DetectorSpec:
         needs_model: whether it uses the suspect model.
         score: ``score(x, y, num_classes, key, config, model) -> (scores [N], info)``;
             ``model()`` returns the shared :class:`~defenses.detectors.model.SuspectModel`.
+        unstable: what to lower when the scores come out non-finite (a diverged optimisation).
     """
 
     name: str
@@ -51,6 +52,7 @@ class DetectorSpec:
     config: type
     needs_model: bool
     score: Callable[..., tuple[np.ndarray, dict[str, Any]]] = dataclasses.field(repr=False)
+    unstable: str = ""
 
 
 def _score_cd(x, y, num_classes, key, config: cd.CDConfig, model):
@@ -82,15 +84,17 @@ _SPECS = (
                  "score = -mean(mask) (small patterns are suspicious)",
                  "Huang et al., ICLR 2023 (github HanxunH/CognitiveDistillation); CD-L alpha 0.01, beta 1, lr 0.1, "
                  "CD-F alpha 0.001, beta 10, lr 0.05; Adam betas (0.1, 0.1), 100 steps",
-                 cd.CDConfig, True, _score_cd),
+                 cd.CDConfig, True, _score_cd,
+                 "lower the mask's step size (cd@lr) or the suspect model's learning rate (--lr)"),
     DetectorSpec("early-loss", "per-example loss while the suspect model trains on the suspect data; "
                  "score = -area under the loss curve (fitted early = suspicious)",
                  "training-dynamics signal of UDP (Zhu et al., AAAI 2024) and Huang et al. (ICLR 2021, Fig. 1)",
-                 dynamics.EarlyLossConfig, True, _score_early_loss),
+                 dynamics.EarlyLossConfig, True, _score_early_loss,
+                 "the suspect model's training diverged: lower its learning rate (--lr)"),
     DetectorSpec("linear", "margin of each example under a short linear fit on raw pixels "
                  "(linearly separable shortcuts are fitted first)",
                  "Yu et al. (KDD 2022), Sandoval-Segura et al. (NeurIPS 2023); fit as the orthogonal-projection breaker",
-                 dynamics.LinearConfig, False, _score_linear),
+                 dynamics.LinearConfig, False, _score_linear, "lower the fit's step size (linear@lr)"),
 )
 
 DETECTORS: dict[str, DetectorSpec] = {spec.name: spec for spec in _SPECS}
@@ -162,9 +166,12 @@ def run_detector(detector: Detector, x: np.ndarray, y: np.ndarray, num_classes: 
     start = time.perf_counter()
     scores, info = detector.entry.score(x, y, num_classes, key, detector.config, lambda: models.get(model_cfg))
     scores = np.asarray(scores, np.float64)
-    if scores.shape != (len(x),) or not np.all(np.isfinite(scores)):
-        raise RuntimeError(f"detector {detector.name} returned scores of shape {scores.shape} for {len(x)} rows "
-                           "or non-finite values")
+    if scores.shape != (len(x),):  # a bug of the detector, not of the user's settings
+        raise RuntimeError(f"detector {detector.name} returned scores of shape {scores.shape} for {len(x)} rows")
+    bad = int(np.sum(~np.isfinite(scores)))
+    if bad:
+        raise UserInputError(f"detector {detector.spec}: {bad} of {len(x)} scores are not finite (the optimisation "
+                             f"diverged); {detector.entry.unstable or 'lower its step size'}")
     if detector.entry.needs_model:
         info = {**info, "model": model_cfg.to_json()}
     return Detection(detector, scores, info, time.perf_counter() - start)
