@@ -285,3 +285,43 @@ def test_filter_breaker_drops_the_detected_rows_and_composes():
     composed = parse_breaker("filter@detector=linear,share=0.25+bdr@bits=1")
     xc, yc = composed.prepare(x, y, jax.random.key(0))
     assert xc.shape == (48, 8, 8, 1) and len(yc) == 48
+
+
+def test_filter_rows_left_and_its_own_batch_size():
+    from defenses.breakers.filtering import rows_left
+
+    assert rows_left(64, detector="linear", share=0.25, batch_size=128) == 48  # linear trains no model
+    assert rows_left(10, detector="early-loss", share=0.3, batch_size=4) == 7
+    assert rows_left(10, detector="cd", share=None, batch_size=4) is None  # Otsu: known after scoring
+    with pytest.raises(UserInputError, match=r"filter@batch_size to at most 40"):
+        rows_left(40, detector="early-loss", share=0.5, batch_size=128)
+    assert parse_breaker("jpeg+filter@detector=linear,share=0.5+bdr").rows_left(64) == 32
+    assert parse_breaker("filter@share=0.5,batch_size=8+filter@detector=linear,share=0.5").rows_left(64) == 16
+    assert parse_breaker("filter@batch_size=8+filter@detector=linear,share=0.5").rows_left(64) is None
+    assert parse_breaker("jpeg").rows_left(64) == 64
+    x, y, _ = _shortcut_data(n=40)
+    with pytest.raises(UserInputError, match="filter@batch_size"):  # the library call says the same
+        parse_breaker("filter@detector=early-loss").prepare(x, y, jax.random.key(0))
+
+
+@pytest.mark.parametrize("breakers, message", [
+    ("none,bdr@bits=1,filter@detector=linear,share=0.5",
+     r"'clean \+ filter@detector=linear@share=0.5' trains on 32 of the 64 training rows, fewer than --batch-size "
+     r"48.*smaller filter@share.*--batch-size at most 32"),
+    ("none,filter@detector=early-loss,share=0.1", r"batch size 128 \(filter@batch_size\) but only 64 training rows"),
+])
+def test_evaluate_checks_every_conditions_size_before_training(tmp_path, monkeypatch, breakers, message):
+    from defenses import evaluate
+    from defenses.evaluation import runs
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before the size check")
+
+    monkeypatch.setattr(runs, "train_and_evaluate", no_training)
+    monkeypatch.setattr(runs, "train_many_seeds", no_training)
+    out = tmp_path / "out"
+    with pytest.raises(UserInputError, match=message):
+        evaluate.main(["--dataset", "digits", "--train-size", "64", "--target-size", "0", "--model", "small-cnn",
+                       "--epochs", "1", "--batch-size", "48", "--breakers", breakers, "--test-size", "50",
+                       "--no-progress", "--out", str(out)])
+    assert not out.exists()

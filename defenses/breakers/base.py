@@ -4,6 +4,8 @@ A :class:`Breaker` is a frozen description plus up to two behaviours:
 
 * ``prepare(x_train, y_train, key) -> (x_train, y_train)``: dataset level,
   once before training (images uint8 [0, 255] or float [0, 1], [N, H, W, C]);
+  a breaker whose ``prepare`` drops rows (``filter``) also says, before any
+  work, how many of N rows it leaves (:meth:`Breaker.rows_left`);
 * ``hooks(num_classes) -> ntga.train.TrainHooks``: training time, inside
   the jitted step (contract in ``ntga.train``; a ``+`` composition merges
   them with ``ntga.train.compose_hooks``).
@@ -34,6 +36,7 @@ TOUCHES = (TOUCHES_IMAGES, TOUCHES_BATCHES, TOUCHES_LOSS, TOUCHES_PROCEDURE)
 
 PrepareFn = Callable[[Any, Any, jax.Array], tuple[Any, Any]]
 HooksFn = Callable[[int], TrainHooks]
+RowsFn = Callable[[int], "int | None"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +119,8 @@ class Breaker:
             other options, e.g. eps on the norm, resolved).
         given: the options set explicitly (what ``spec`` shows).
         members: the members of a composition, in order (a single breaker: itself).
+        rows_fn: ``rows_fn(n)``: how many of ``n`` training rows ``prepare`` keeps (None: known
+            only once it runs); None for breakers that keep every row.
     """
 
     name: str
@@ -128,6 +133,7 @@ class Breaker:
     prepare_fn: PrepareFn | None = dataclasses.field(default=None, repr=False)
     hooks_fn: HooksFn | None = dataclasses.field(default=None, repr=False)
     members: tuple["Breaker", ...] = dataclasses.field(default=(), repr=False)
+    rows_fn: RowsFn | None = dataclasses.field(default=None, repr=False)
 
     @property
     def parts(self) -> tuple["Breaker", ...]:
@@ -166,6 +172,22 @@ class Breaker:
             return x_train, y_train
         return self.prepare_fn(x_train, y_train, key)
 
+    def rows_left(self, n: int) -> int | None:
+        """How many of ``n`` training rows reach training after ``prepare`` (members left to right).
+
+        Returns None when that is known only once ``prepare`` runs (``filter`` without ``share``).
+
+        Raises:
+            UserInputError: ``n`` rows are too few for a member itself (e.g. filter's suspect model).
+        """
+        left: int | None = int(n)
+        for part in self.parts:
+            if left is None:
+                return None
+            if part.rows_fn is not None:
+                left = part.rows_fn(left)
+        return left
+
     def hooks(self, num_classes: int) -> TrainHooks:
         """The training-time behaviour (an empty TrainHooks when there is none).
 
@@ -195,7 +217,9 @@ class BreakerFactory:
     ``build(**options) -> (prepare_fn | None, hooks_fn | None)`` receives every
     option (defaults filled in, then ``resolve``d) and returns the behaviours.
     ``resolve(options) -> options`` fills defaults that depend on other
-    options (an option whose default is None).
+    options (an option whose default is None). ``rows(n, **options) -> int | None``
+    (breakers that drop rows only): how many of ``n`` rows ``prepare`` keeps
+    (:meth:`Breaker.rows_left`).
     """
 
     name: str
@@ -205,6 +229,7 @@ class BreakerFactory:
     options: tuple[Option, ...]
     build: Callable[..., tuple[PrepareFn | None, HooksFn | None]] = dataclasses.field(repr=False)
     resolve: Callable[[dict[str, Any]], dict[str, Any]] | None = dataclasses.field(default=None, repr=False)
+    rows: Callable[..., int | None] | None = dataclasses.field(default=None, repr=False)
 
     @property
     def defaults(self) -> Mapping[str, Any]:
@@ -233,6 +258,7 @@ class BreakerFactory:
             given=MappingProxyType(given),
             prepare_fn=prepare_fn,
             hooks_fn=hooks_fn,
+            rows_fn=None if self.rows is None else (lambda n: self.rows(n, **values)),
         )
 
 

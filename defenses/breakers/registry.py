@@ -32,6 +32,7 @@ from functools import partial
 from defenses.breakers import squeeze
 from defenses.breakers.adversarial import DEFAULT_EPS, DEFAULT_STEP, pgd
 from defenses.breakers.augment import make_cutmix, make_cutout, make_mixup
+from defenses.breakers.filtering import rows_left
 from defenses.breakers.base import (
     TOUCHES_BATCHES,
     TOUCHES_IMAGES,
@@ -156,12 +157,13 @@ def _build_apl(alpha, beta, passive):
     return None, lambda num_classes: TrainHooks(loss_fn=make_apl_loss(alpha, beta, passive))
 
 
-def _build_filter(detector, share, epochs, model):
+def _build_filter(detector, share, epochs, model, batch_size):
     def prepare(x, y, key):
         # Imported here: the detectors use the projection breaker's linear fit (no import cycle).
         from defenses.breakers.filtering import filter_rows
 
-        return filter_rows(x, y, key, detector=detector, share=share, epochs=epochs, model=model)
+        return filter_rows(x, y, key, detector=detector, share=share, epochs=epochs, model=model,
+                           batch_size=batch_size)
 
     return prepare, None
 
@@ -299,8 +301,11 @@ _FACTORIES = (
             Option("epochs", int, 5, "epochs of the detector's suspect model (cd, early-loss)", low=1),
             Option("model", str, "small-cnn", "the detector's suspect model (cd, early-loss)",
                    choices=SURROGATE_MODELS),
+            Option("batch_size", int, 128, "batch size of the detector's suspect model (cd, early-loss); "
+                   "at most the number of training rows", low=1),
         ),
         _build_filter,
+        rows=rows_left,
     ),
 )
 

@@ -27,7 +27,7 @@ from ntga.errors import UserInputError
 from . import figures
 from .inputs import EvalData
 from .report import library_versions, markdown
-from .runs import Condition, Victim, check_victim, run_all
+from .runs import POISONED, Condition, Victim, check_victim, run_all
 from .store import ResultsStore
 
 REPORT = "results.md"
@@ -37,6 +37,30 @@ MODELS_DIR = "models"
 def _device() -> str:
     devices = jax.devices()
     return f"{len(devices)} x {devices[0].platform} ({devices[0].device_kind})"
+
+
+def check_sizes(data: EvalData, victims: Sequence[Victim], conditions: Sequence[Condition]) -> None:
+    """Fails before any training if a condition leaves fewer training rows than a victim's batch.
+
+    A breaker that drops rows (``filter@share=S``) says how many it keeps
+    (:meth:`defenses.breakers.Breaker.rows_left`, which also checks the breaker's own
+    needs, e.g. filter's suspect model and ``filter@batch_size``); with ``filter``
+    and no ``share`` the count is known only once it has scored the rows.
+
+    Raises:
+        UserInputError: naming the condition, the rows it keeps and the options to change.
+    """
+    for condition in conditions:
+        if condition.breaker is None:
+            continue
+        n = len(data.x_poison if condition.data == POISONED and data.poisoned else data.x_clean)
+        left = condition.breaker.rows_left(n)
+        for victim in victims:
+            if left is not None and victim.config.batch_size > left:
+                raise UserInputError(
+                    f"condition {condition.label!r} trains on {left} of the {n} training rows, fewer than "
+                    f"--batch-size {victim.config.batch_size} of victim {victim.name!r}: drop fewer rows (a smaller "
+                    f"filter@share) or use --batch-size at most {left}")
 
 
 def _breaker_info(conditions: Sequence[Condition]) -> dict[str, Any]:
@@ -82,7 +106,8 @@ def evaluate(data: EvalData, victims: Sequence[Victim], conditions: Sequence[Con
             (:func:`ntga.models.saved.save_model`; load with :func:`ntga.models.saved.load_model`).
 
     Raises:
-        UserInputError: a victim that cannot take the images, results that exist without
+        UserInputError: a victim that cannot take the images, a condition that leaves fewer
+            training rows than the batch size (:func:`check_sizes`), results that exist without
             ``resume``, or ``resume`` with different settings. Nothing is trained before these checks.
     """
     if seeds < 1:
@@ -92,6 +117,7 @@ def evaluate(data: EvalData, victims: Sequence[Victim], conditions: Sequence[Con
     for condition in conditions:  # builds the training-time hooks once, so a clash shows now
         if condition.breaker is not None:
             condition.breaker.hooks(data.num_classes)
+    check_sizes(data, victims, conditions)
     settings = {**data.identity, "base_seed": int(base_seed), "train_config": dataclasses.asdict(config)}
     plan = {"models": [v.name for v in victims], "conditions": [c.to_json() for c in conditions], "seeds": seeds}
     info = {"data": data.describe, "poison_manifest": data.poison_manifest,
