@@ -22,16 +22,10 @@ from typing import Sequence
 
 from defenses.detectors import describe_detector, describe_detectors
 from ntga.data import add_dataset_args
-from ntga.data.cli import limits_from_args
+from ntga.data.cli import limits_from_args, positive_int
 from ntga.errors import UserInputError, run_cli
 from ntga.models import MODELS
 from ntga.options import split_kind
-
-
-def _positive(text: str) -> int:
-    from defenses.evaluate import _positive as positive
-
-    return positive(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,8 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"one of {', '.join(n for n in MODELS if n != 'fast-resnet')} (default: small-cnn)")
     m.add_argument("--model-opt", action="append", default=[], metavar="KEY=VALUE",
                    help="module override, repeatable, e.g. width=16 (same as --model NAME@KEY=VALUE)")
-    m.add_argument("--epochs", type=_positive, default=5, help="training epochs (default: 5)")
-    m.add_argument("--batch-size", type=_positive, default=128, help="batch size (default: 128)")
+    m.add_argument("--epochs", type=positive_int, default=5, help="training epochs (default: 5)")
+    m.add_argument("--batch-size", type=positive_int, default=128, help="batch size (default: 128)")
     m.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the model's own)")
     o = p.add_argument_group("output")
     o.add_argument("--out", default=None, metavar="DIR",

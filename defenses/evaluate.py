@@ -25,19 +25,9 @@ from defenses.breakers import describe_breakers
 from ntga.models import MODELS
 from ntga.train.config import SCHEDULES, TTAS
 from ntga.data import add_dataset_args
-from ntga.data.cli import limits_from_args
+from ntga.data.cli import limits_from_args, positive_int
 from ntga.errors import UserInputError, run_cli
 from ntga.options import describe_options, parse_spec, split_kind, split_specs
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "then has no gap-recovered values")
     g.add_argument("--breakers-on-clean", action="store_true",
                    help="also train each breaker on the clean images (what the breaker itself costs)")
-    g.add_argument("--seeds", type=_positive, default=3,
+    g.add_argument("--seeds", type=positive_int, default=3,
                    help="runs per (victim, condition); seed s trains with key --seed + s (default: 3)")
     g.add_argument("--model-opt", action="append", default=[], metavar="[MODEL:]KEY=VALUE",
                    help="victim override, repeatable, e.g. width=16, small-cnn:width=8, resnet18:dtype=bfloat16 "
@@ -90,8 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the options and defaults of model:NAME or breaker:NAME (alone: of the chosen "
                    "--model and --breakers) and exit")
     t = p.add_argument_group("training recipe (default: each victim's own, see ntga.models)")
-    t.add_argument("--epochs", type=_positive, default=30, help="training epochs (default: 30)")
-    t.add_argument("--batch-size", type=_positive, default=128, help="batch size (default: 128)")
+    t.add_argument("--epochs", type=positive_int, default=30, help="training epochs (default: 30)")
+    t.add_argument("--batch-size", type=positive_int, default=128, help="batch size (default: 128)")
     t.add_argument("--optimizer", default=None, choices=("sgd", "adam"))
     t.add_argument("--lr", type=float, default=None, help="peak learning rate")
     t.add_argument("--momentum", type=float, default=None, help="SGD momentum")
@@ -113,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--standardize", default=True, action=argparse.BooleanOptionalAction,
                    help="standardise inputs per channel with the training images' mean/std (default); "
                    "--no-standardize feeds raw [0, 1] pixels, as the NTGA reference's victims")
-    t.add_argument("--eval-every", type=_positive, default=1,
+    t.add_argument("--eval-every", type=positive_int, default=1,
                    help="evaluate the test set every N epochs and after the last (default: 1)")
     o = p.add_argument_group("output")
     o.add_argument("--out", default=None, metavar="DIR",

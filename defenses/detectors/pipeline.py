@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 from ntga import atomic, outdir
-from ntga.data import load_dataset, make_split
+from ntga.data import is_dataset_spec, load_dataset, make_split
 from ntga.data.limits import DecodeLimits
 from ntga.errors import UserInputError
 from ntga.poisondir import read_poison_dir
@@ -74,7 +74,7 @@ def load_source(source: str, *, train_size: int | None = None, seed: int = 0, ca
         UserInputError: unreadable or tampered poison directory, unknown spec, --train-size
             with a poison directory.
     """
-    from defenses.evaluation.inputs import _is_dataset_spec, is_poison_dir
+    from defenses.evaluation.inputs import is_poison_dir
 
     if is_poison_dir(source):
         if train_size is not None:
@@ -89,7 +89,7 @@ def load_source(source: str, *, train_size: int | None = None, seed: int = 0, ca
     if Path(source).is_dir():
         raise UserInputError(f"--poisons {source} is a folder without manifest.json, so not a poison directory; "
                              "for an image folder write folder:PATH")
-    if not _is_dataset_spec(source):
+    if not is_dataset_spec(source):
         raise UserInputError(f"--poisons {source!r} is neither a poison directory (a folder with manifest.json) "
                              "nor a dataset spec (digits, idx:DIR, folder:PATH, npz:FILE, tfds:NAME)")
     ds = load_dataset(source, cache_dir=cache_dir, use_cache=use_cache, limits=limits)

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from ntga.data import Dataset, Split, load_dataset, make_split
-from ntga.data.load import parse_spec
+from ntga.data.load import is_dataset_spec
 from ntga.data.limits import DecodeLimits
 from ntga.errors import UserInputError
 from ntga.pixels import check_images, to_float, to_uint8
@@ -270,14 +270,6 @@ def class_matched_subset(labels: np.ndarray, wanted: np.ndarray, num_classes: in
     return np.sort(np.concatenate(chosen)).astype(np.int64)
 
 
-def _is_dataset_spec(text: str) -> bool:
-    try:
-        parse_spec(text)
-    except UserInputError:
-        return False
-    return True
-
-
 def load_foreign_poisons(source: str, *, dataset: str | None, test_size: int | None = None, seed: int = 0,
                          cache_dir: str | Path | None = None, use_cache: bool = True,
                          limits: DecodeLimits | None = None) -> EvalData:
@@ -305,7 +297,7 @@ def load_foreign_poisons(source: str, *, dataset: str | None, test_size: int | N
                              "--dataset SPEC for the clean data)")
     parts = [p.strip() for p in source.split(",")]
     is_pair = len(parts) == 2 and all(p.endswith(".npy") for p in parts)
-    if not is_pair and not (len(parts) == 1 and _is_dataset_spec(source)):
+    if not is_pair and not (len(parts) == 1 and is_dataset_spec(source)):
         where = "does not exist" if not Path(source).exists() else "is not understood"
         raise UserInputError(f"--poisons {source!r} {where}; accepted forms: " + "; ".join(FOREIGN_FORMS))
     if dataset is None:

@@ -15,9 +15,9 @@ source kind), ``images`` (pixel decoding), ``cache`` (decoded-array cache),
 ``cli``/``preview`` (flags and the ``python -m ntga.data`` inspection command).
 """
 
-from ntga.data.cli import add_dataset_args, describe, split_from_args
+from ntga.data.cli import add_dataset_args, describe, int_at_least, positive_int, split_from_args
 from ntga.data.dataset import Dataset
-from ntga.data.load import LOADERS, SPEC_FORMS, LoadInfo, load_dataset, load_dataset_info, parse_spec
+from ntga.data.load import LOADERS, SPEC_FORMS, LoadInfo, is_dataset_spec, load_dataset, load_dataset_info, parse_spec
 from ntga.data.preview import write_preview
 from ntga.data.split import Split, default_target_size, make_split, stratified_subset
 from ntga.data.writers import write_idx, write_image_folder, write_npz
@@ -31,10 +31,13 @@ __all__ = [
     "add_dataset_args",
     "default_target_size",
     "describe",
+    "int_at_least",
+    "is_dataset_spec",
     "load_dataset",
     "load_dataset_info",
     "make_split",
     "parse_spec",
+    "positive_int",
     "split_from_args",
     "stratified_subset",
     "write_idx",

@@ -17,7 +17,8 @@ from ntga.data.split import Split, make_split
 MAX_SEED = 2**63 - 1  # JAX keys and numpy generators take any non-negative int64
 
 
-def _int_at_least(minimum: int, maximum: int | None = None):
+def int_at_least(minimum: int, maximum: int | None = None):
+    """An argparse ``type`` for an int in [minimum, maximum] (minimum 0 or 1), else one clear error."""
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -30,6 +31,9 @@ def _int_at_least(minimum: int, maximum: int | None = None):
         return value
 
     return parse
+
+
+positive_int = int_at_least(1)  # the argparse type of every count flag (--epochs, --batch-size, --seeds, ...)
 
 
 def add_dataset_args(parser: argparse.ArgumentParser, *, default_dataset: str = "digits") -> None:
@@ -48,7 +52,7 @@ def add_dataset_args(parser: argparse.ArgumentParser, *, default_dataset: str = 
     )
     g.add_argument(
         "--train-size",
-        type=_int_at_least(1),
+        type=positive_int,
         default=None,
         metavar="N",
         help="protect a class-stratified subset of N training images "
@@ -56,14 +60,14 @@ def add_dataset_args(parser: argparse.ArgumentParser, *, default_dataset: str = 
     )
     g.add_argument(
         "--test-size",
-        type=_int_at_least(1),
+        type=positive_int,
         default=None,
         metavar="N",
         help="use a class-stratified subset of N test images (default: the whole test split)",
     )
     g.add_argument(
         "--target-size",
-        type=_int_at_least(0),
+        type=int_at_least(0),
         default=None,
         metavar="N",
         help="training images held out as the attack's target set, the last N of the seeded "
@@ -71,7 +75,7 @@ def add_dataset_args(parser: argparse.ArgumentParser, *, default_dataset: str = 
     )
     g.add_argument(
         "--seed",
-        type=_int_at_least(0, MAX_SEED),
+        type=int_at_least(0, MAX_SEED),
         default=0,
         help="seed of the split permutation and of any other randomness of the command (default: 0)",
     )
@@ -82,7 +86,7 @@ def add_dataset_args(parser: argparse.ArgumentParser, *, default_dataset: str = 
         help="where decoded datasets are cached (default: $NTGA_CACHE_DIR or ~/.cache/ntga)",
     )
     g.add_argument("--no-cache", action="store_true", help="neither read nor write the dataset cache")
-    g.add_argument("--max-image-side", type=_int_at_least(1), default=DEFAULT_MAX_SIDE, metavar="PIXELS",
+    g.add_argument("--max-image-side", type=positive_int, default=DEFAULT_MAX_SIDE, metavar="PIXELS",
                    help="refuse images wider or taller than this, before decoding them (default: %(default)s)")
     g.add_argument("--max-decoded-gb", type=_positive_float, default=DEFAULT_MAX_DECODED_GB, metavar="GB",
                    help="refuse a dataset whose decoded pixels would take more memory than this, judged from "
@@ -178,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--per-class",
-        type=_int_at_least(1),
+        type=positive_int,
         default=8,
         metavar="K",
         help="images per class in the preview (default: 8)",

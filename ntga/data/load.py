@@ -127,6 +127,15 @@ def parse_spec(spec: str) -> tuple[str, str]:
     raise UserInputError(f"unknown dataset spec {spec!r}{hint}; accepted forms: {spec_forms_text()}")
 
 
+def is_dataset_spec(text: str) -> bool:
+    """Whether ``text`` is a well-formed dataset spec (:func:`parse_spec` accepts it; nothing is read)."""
+    try:
+        parse_spec(text)
+    except UserInputError:
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class LoadInfo:
     """How a dataset was loaded: for summaries and logs, not for results."""
