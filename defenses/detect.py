@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--poisons", metavar="DIR|SPEC", default=None,
                    help="what to score: a poison directory (from ntga.generate, sha256-verified; the source dataset "
-                   "is not needed) or a dataset spec (digits, idx:DIR, folder:PATH, npz:FILE), whose training split "
+                   "is not needed) or a dataset spec (digits, idx:DIR, folder:PATH, npz:FILE, tfds:NAME), whose training split "
                    "is scored (scores only). Default: --dataset")
     add_dataset_args(p)
     for action in p._actions:  # the shared flags' help is about generate

@@ -172,7 +172,8 @@ def test_non_finite_scores_name_the_setting_to_lower():
 
     x, y, _ = _shortcut_data(n=8)
     nan = lambda x, *args: (np.full(len(x), np.nan), {})
-    for name, hint in (("early-loss", "learning rate \\(--lr\\)"), ("cd", "cd@lr"), ("linear", "linear@lr")):
+    hints = (("early-loss", "learning rate \\(defenses.detect --lr\\)"), ("cd", "cd@lr"), ("linear", "linear@lr"))
+    for name, hint in hints:
         det = parse_detector(name)
         det = dataclasses.replace(det, entry=dataclasses.replace(det.entry, score=nan))
         with pytest.raises(UserInputError, match=f"8 of 8 scores are not finite.*{hint}"):

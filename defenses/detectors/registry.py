@@ -85,12 +85,12 @@ _SPECS = (
                  "Huang et al., ICLR 2023 (github HanxunH/CognitiveDistillation); CD-L alpha 0.01, beta 1, lr 0.1, "
                  "CD-F alpha 0.001, beta 10, lr 0.05; Adam betas (0.1, 0.1), 100 steps",
                  cd.CDConfig, True, _score_cd,
-                 "lower the mask's step size (cd@lr) or the suspect model's learning rate (--lr)"),
+                 "lower the mask's step size (cd@lr) or the suspect model's learning rate (defenses.detect --lr)"),
     DetectorSpec("early-loss", "per-example loss while the suspect model trains on the suspect data; "
                  "score = -area under the loss curve (fitted early = suspicious)",
                  "training-dynamics signal of UDP (Zhu et al., AAAI 2024) and Huang et al. (ICLR 2021, Fig. 1)",
                  dynamics.EarlyLossConfig, True, _score_early_loss,
-                 "the suspect model's training diverged: lower its learning rate (--lr)"),
+                 "the suspect model's training diverged: lower its learning rate (defenses.detect --lr)"),
     DetectorSpec("linear", "margin of each example under a short linear fit on raw pixels "
                  "(linearly separable shortcuts are fitted first)",
                  "Yu et al. (KDD 2022), Sandoval-Segura et al. (NeurIPS 2023); fit as the orthogonal-projection breaker",
