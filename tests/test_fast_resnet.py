@@ -241,7 +241,7 @@ def test_every_breaker_composes_with_fast_resnet(name, key):
     x, y = images(32, seed=1)
     xt, yt = images(8, seed=2)
     options = {"cutout": "@size=3", "orthogonal-projection": "@steps=20", "adversarial-training": "@steps=2",
-               "ueraser": "@draws=2"}
+               "ueraser": "@draws=2", "filter": "@batch_size=16,share=0.25,epochs=1"}
     breaker = parse_breaker(name + options.get(name, ""))
     k_prep, k_train = jax.random.split(key)
     x_prep, y_prep = breaker.prepare(x, y, k_prep)
