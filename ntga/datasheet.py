@@ -5,7 +5,10 @@ should learn from the folder itself what was done to it: the method and its
 settings, the perturbation budget, which files carry protection and which do
 not, which part of the source data is missing (NTGA's held-out target set), the
 software that made it, and what to cite. Everything comes from the poison
-directory's manifest; nothing here is estimated.
+directory's manifest; nothing here is estimated. A secret mark (``radioactive``)
+is the exception to "which files": which images carry it is the owner's secret
+(kept in the private key), so the datasheet states how many do and that which
+ones is secret, and lists none.
 """
 
 from __future__ import annotations
@@ -62,10 +65,26 @@ def build(poisons: PoisonSet, train_files: Sequence[str], test_files: Sequence[s
     """
     m = poisons.manifest
     n = len(poisons.x)
+    method = str(m.get("method", "unknown"))
+    if _secret_rows(m):
+        return _build(poisons, m, method, train_files, test_files, class_names, int(m.get("num_poisoned", n)),
+                      None)
     protected = (np.arange(n) if poisons.protected_positions is None
                  else np.asarray(poisons.protected_positions, np.int64))
-    clean_rows = np.setdiff1d(np.arange(n), protected)
-    method = str(m.get("method", "unknown"))
+    return _build(poisons, m, method, train_files, test_files, class_names, int(len(protected)),
+                  [train_files[i] for i in protected.tolist()])
+
+
+def _secret_rows(manifest: dict[str, Any]) -> bool:
+    """Whether the manifest says its protected rows are secret (a radioactive mark)."""
+    return str(manifest.get("protected_rows", "")).startswith("secret")
+
+
+def _build(poisons: PoisonSet, m: dict[str, Any], method: str, train_files: Sequence[str],
+           test_files: Sequence[str] | None, class_names: Sequence[str], num_protected: int,
+           protected_files: list[str] | None) -> dict[str, Any]:
+    n = len(poisons.x)
+    clean = n - num_protected
     reference = _method_reference(method)
     target_size = int(m.get("target_size") or 0)
     return {
@@ -78,10 +97,13 @@ def build(poisons: PoisonSet, train_files: Sequence[str], test_files: Sequence[s
         "source_dataset": {"spec": m.get("dataset"), "content_hash": m.get("dataset_content_hash"),
                            "training_images_used": n, "held_out_target_set": target_size},
         "splits": {
-            "train": {"files": len(train_files), "protected": int(len(protected)), "clean": int(len(clean_rows)),
-                      "statement": ("every training image carries protection" if len(clean_rows) == 0 else
-                                    f"{len(protected)} of {n} training images carry protection (a share of each "
-                                    "class); the others are unchanged originals")},
+            "train": {"files": len(train_files), "protected": num_protected, "clean": clean,
+                      "statement": ("every training image carries protection" if clean == 0 and protected_files
+                                    is not None else
+                                    f"{num_protected} of {n} training images carry protection (a share of each "
+                                    "class); the others are unchanged originals" if protected_files is not None
+                                    else f"{num_protected} of {n} training images carry a secret mark; which ones "
+                                    "is secret (only the owner's private key records it)")},
             "test": None if test_files is None else {
                 "files": len(test_files), "protected": 0,
                 "statement": "the source's test split, unchanged (for measuring what a model learned)"},
@@ -90,7 +112,7 @@ def build(poisons: PoisonSet, train_files: Sequence[str], test_files: Sequence[s
                                            "attack's target set and are not in this folder"}
                              if target_size else None),
         },
-        "protected_files": [train_files[i] for i in protected.tolist()] if len(clean_rows) else "all of train/",
+        "protected_files": ("secret" if protected_files is None else protected_files if clean else "all of train/"),
         "class_names": list(class_names),
         "made_by": {"toolkit": TOOLKIT, "library_versions": m.get("library_versions"),
                     "generated": m.get("created"), "poison_manifest_format": m.get("format_version")},
@@ -124,7 +146,7 @@ def to_markdown(sheet: dict[str, Any]) -> str:
         lines.append("- No test split was exported.")
     if s["not_included"] is not None:
         lines.append(f"- Not included: {s['not_included']['statement']}.")
-    if sheet["protected_files"] != "all of train/":
+    if sheet["protected_files"] not in ("all of train/", "secret"):
         lines.append("- Which training files are protected: `datasheet.json`, key `protected_files`.")
     lines += [
         "- `datasheet.json`: all of the above, machine-readable.",

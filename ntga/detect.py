@@ -4,7 +4,7 @@ Example (after ``ntga.generate --method radioactive --key-out KEY`` and
 ``defenses.evaluate --poisons POISONS --save-models --out EVAL``)::
 
     python -m ntga.detect --key KEY --model EVAL/models/small-cnn/poisoned/seed0
-    python -m ntga.detect --key KEY --model EVAL/models/small-cnn/clean/seed0 --black-box
+    python -m ntga.detect --key KEY --model EVAL/models/small-cnn/poisoned/seed0 --black-box
 
 Prints one JSON object (``test``, ``p_value``, ``log10_p``, per-class cosines for
 the white-box test) and writes it to ``--out`` (default: ``detect.json`` in the
@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
         "squares on held-out images, its classifier rows mapped into the marking space and compared with the "
         "secret carriers; per-class exact p-values (incomplete beta) are combined with Fisher's method. "
         "--black-box uses only the model's outputs: its loss on the marked images versus their unmarked "
-        "originals, one-sided paired t-test. Prints one JSON object (p_value, log10_p, test, per-class "
+        "originals, one-sided paired t-test; it shows use of the marked images (a membership signal), not the "
+        "carriers, and its null control is a model trained on neither. Prints one JSON object (p_value, log10_p, test, per-class "
         "cosines) and writes it to --out.")
     p.add_argument("--key", required=True, metavar="DIR",
                    help="the private key directory written by `ntga.generate --method radioactive --key-out DIR`")

@@ -21,8 +21,10 @@ import pytest
 from jax.scipy.special import betainc
 
 from ntga.errors import UserInputError
-from ntga.marking.detection import align_features, aligned_cosines, white_box
-from ntga.marking.key import (check_key_out, draw_carriers, find_key_dir, key_hash, read_key, write_key)
+from ntga.marking.detection import align_features, aligned_cosines, cosine_log_pvalues, white_box
+from ntga.marking.key import (check_key_out, draw_carriers, find_key_dir, key_hash, marked_positions, read_key,
+                              truth_labels, write_key)
+from ntga.marking.network import content_hash, marking_key
 from ntga.marking.stats import cosine_log_pvalue, fisher_log_pvalue, log_betainc, paired_t_log_pvalue
 from ntga.methods import ProtectTask, get_method
 from ntga.methods.base import config_from_options
@@ -89,6 +91,36 @@ def test_alignment_recovers_a_known_rotation():
     np.testing.assert_allclose(aligned_cosines(carriers @ rot, m, carriers), np.ones(5), atol=1e-10)
 
 
+def test_alignment_with_a_non_orthogonal_map_into_more_dimensions():
+    """phi_t = phi_0 M with M [D0, Dt] neither square nor orthogonal: rows w_k with M w_k = u_k are found."""
+    rng = np.random.default_rng(7)
+    d0, dt, k = 12, 20, 4
+    f0 = rng.standard_normal((300, d0))
+    m_true = rng.standard_normal((d0, dt)) * rng.uniform(0.2, 3.0, (d0, 1))  # scaled, sheared, wider
+    m = align_features(f0, f0 @ m_true)
+    assert m.shape == (d0, dt)
+    np.testing.assert_allclose(m, m_true, atol=1e-9)
+    carriers = draw_carriers(b"\2" * 32, k, d0)
+    # suspect rows w_k [Dt] whose image under M is the carrier: w = pinv(M) u (minimum norm)
+    rows = (np.linalg.pinv(m_true) @ carriers.T).T
+    np.testing.assert_allclose(aligned_cosines(rows, m, carriers), np.ones(k), atol=1e-9)
+    # rows that M maps elsewhere are not aligned
+    other = (np.linalg.pinv(m_true) @ draw_carriers(b"\3" * 32, k, d0).T).T
+    assert np.all(np.abs(aligned_cosines(other, m, carriers)) < 0.99)
+
+
+def test_degenerate_statistics_give_exact_finite_results():
+    # all paired differences equal: t is undefined, the exact sign test takes over
+    lp, t = paired_t_log_pvalue(np.full(10, 0.5))
+    assert t is None and lp == pytest.approx(-10 * math.log(2))
+    assert paired_t_log_pvalue(np.zeros(5)) == (0.0, None)
+    assert paired_t_log_pvalue(np.full(5, -1.0)) == (0.0, None)
+    # a cosine that rounds to 1: an upper bound, flagged, never -inf
+    log_ps, bound = cosine_log_pvalues(np.array([1.0, 0.5]), 64)
+    assert bound == [True, False] and all(math.isfinite(v) for v in log_ps)
+    assert log_ps[0] < -1000 and log_ps[0] < log_ps[1]
+
+
 # ----------------------------------------------------------------------------- marking
 
 
@@ -106,7 +138,7 @@ def _mark(task, key, **options):
 
 
 @pytest.mark.parametrize("eps,channels", [("1/255", 1), ("10/255", 3), (None, 1)])
-def test_marking_is_uint8_within_the_budget_with_psnr_per_image(key, eps, channels):
+def test_marking_is_uint8_within_the_budget_with_psnr_in_the_key(key, eps, channels):
     task = _task(channels=channels)
     # steps of eps each, so even 4 steps move pixels by whole uint8 levels
     out, config = _mark(task, key, **({} if eps is None else {"eps": eps, "step_size": eps}))
@@ -115,8 +147,12 @@ def test_marking_is_uint8_within_the_budget_with_psnr_per_image(key, eps, channe
     change = np.abs(out.x.astype(int) - task.x.astype(int))
     assert change.max() <= uint8_linf_cap(config.eps)
     assert change.max() > 0
-    assert len(out.info["psnr_db"]) == len(task.x)
-    assert out.secret.carriers.shape == (task.num_classes, out.info["feature_dim"])
+    # per-image PSNR (row order would say which rows are marked) only in the key; aggregates public
+    assert len(out.secret.psnr_db) == len(task.x)
+    assert set(out.info) == {"psnr_mean_db", "psnr_min_db", "psnr_max_db", "num_unchanged"}
+    finite = out.secret.psnr_db[np.isfinite(out.secret.psnr_db)]
+    assert out.info["psnr_min_db"] == pytest.approx(finite.min())
+    assert out.secret.carriers.shape == (task.num_classes, out.secret.info["marking_net"]["feature_dim"])
 
 
 def test_defaults_are_the_papers_with_the_stated_grey_budget():
@@ -138,12 +174,28 @@ def test_same_secret_and_key_give_the_same_bytes_other_secret_other_carriers(key
     np.testing.assert_allclose(norms, 1.0)
 
 
-def test_the_marking_network_is_cached_by_content(key, capsys):
+def test_the_marking_network_is_cached_by_content_and_secret(key, capsys):
     _mark(_task(seed=5), key)
     first = capsys.readouterr().out
     out, _ = _mark(_task(seed=5), key)
     second = capsys.readouterr().out
-    assert "training" in first and "loaded from the cache" in second and out.info["marking_net_cached"]
+    assert "training" in first and "loaded from the cache" in second
+    assert out.secret.info["marking_net"]["cached"]
+    _mark(_task(seed=5, secret=b"\11" * 32), key)
+    assert "training" in capsys.readouterr().out  # another secret: another network, never the cached one
+
+
+def test_the_marking_network_cannot_be_rebuilt_without_the_secret(key):
+    """Its training key and cache name depend on the secret, not only on the public seed and settings."""
+    a, b = marking_key(key, b"\1" * 32), marking_key(key, b"\2" * 32)
+    data = [np.asarray(jax.random.key_data(k)).tolist() for k in (a, b, key)]
+    assert data[0] != data[1] and data[2] not in data[:2]
+    assert data[0] == np.asarray(jax.random.key_data(marking_key(key, b"\1" * 32))).tolist()
+    from ntga.train import TrainConfig
+
+    x, y = np.zeros((4, 8, 8, 1), np.uint8), np.arange(4) % 2
+    h = [content_hash("small-cnn", {}, TrainConfig(), k, x, y, 2, s) for k, s in ((a, b"\1" * 32), (a, b"\2" * 32))]
+    assert h[0] != h[1]
 
 
 # ----------------------------------------------------------------------------- the key
@@ -162,6 +214,24 @@ def test_key_round_trip_and_tampering(tmp_path, key):
     with pytest.raises(UserInputError, match="sha256"):
         read_key(path)
     assert find_key_dir(path / "sub" / "dir") == path
+
+
+def test_key_checksums_cover_the_marking_network_and_damage_is_one_error(tmp_path, key):
+    out, _ = _mark(_task(), key)
+    path = write_key(out.secret, tmp_path / "key")
+    info = json.loads((path / "radioactive_key.json").read_text())
+    assert {"marking_net/model.json", "marking_net/params.npz"} <= set(info["files_sha256"])
+    meta = path / "marking_net" / "model.json"
+    original = meta.read_bytes()
+    meta.write_text(original.decode().replace('"eval_on"', '"eval_on "'))
+    with pytest.raises(UserInputError, match="marking_net/model.json does not match its sha256"):
+        read_key(path)
+    meta.write_bytes(original)
+    read_key(path)
+    del info["key_sha256"]
+    (path / "radioactive_key.json").write_text(json.dumps(info))
+    with pytest.raises(UserInputError, match="cannot read the key"):
+        read_key(path)
 
 
 def test_key_out_may_not_be_published_with_the_poisons(tmp_path):
@@ -193,6 +263,46 @@ def test_saved_model_round_trip(tmp_path, key):
         f.write(b"x")
     with pytest.raises(UserInputError, match="sha256"):
         load_model(tmp_path / "m")
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda m: m.update(params_file="../params.npz"), "not a file name inside the model directory"),
+    (lambda m: m.update(options={"width": 4, "dtype": "float99"}), "dtype='float99' is invalid"),
+    (lambda m: m.update(options={"width": 4, "no_such_option": 1}), "has unsupported options"),
+    (lambda m: m.pop("mean"), "cannot read the saved model"),
+    (lambda m: m.update(std=[0.0]), "positive stds"),
+])
+def test_a_damaged_model_json_is_one_clear_error(tmp_path, key, edit, match):
+    from ntga.models import get_model
+    from ntga.train.core import init_variables
+
+    module = get_model("small-cnn").build(3, width=4)
+    save_model(tmp_path / "m", model="small-cnn", options={"width": 4}, num_classes=3, class_names="abc",
+               input_shape=(8, 8, 1), variables=init_variables(module, (8, 8, 1), key), mean=None, std=None,
+               data_fingerprint={})
+    (tmp_path / "params.npz").write_bytes((tmp_path / "m" / "params.npz").read_bytes())
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    edit(meta)
+    (tmp_path / "m" / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(UserInputError, match=match):
+        load_model(tmp_path / "m")
+
+
+def test_saved_model_logits_apply_the_recipes_test_time_flip(tmp_path, key):
+    from ntga.models import get_model
+    from ntga.train.core import init_variables
+
+    module = get_model("small-cnn").build(3, width=4)
+    variables = init_variables(module, (8, 8, 1), key)
+    for tta in ("none", "flip"):
+        save_model(tmp_path / tta, model="small-cnn", options={"width": 4}, num_classes=3, class_names="abc",
+                   input_shape=(8, 8, 1), variables=variables, mean=None, std=None, data_fingerprint={},
+                   train_config={"tta": tta})
+    x = jax.random.uniform(key, (2, 8, 8, 1))
+    plain = module.apply(variables, x, train=False)
+    np.testing.assert_allclose(load_model(tmp_path / "none").logits(x), plain, rtol=1e-5, atol=1e-6)
+    flipped = 0.5 * (plain + module.apply(variables, x[:, :, ::-1], train=False))
+    np.testing.assert_allclose(load_model(tmp_path / "flip").logits(x), flipped, rtol=1e-5, atol=1e-6)
 
 
 def test_white_box_finds_a_classifier_built_on_the_carriers(tmp_path, key):
@@ -253,7 +363,7 @@ def test_end_to_end_mark_train_detect(marked_digits, capsys):
     manifest = json.loads((root / "poisons" / "manifest.json").read_text())
     key_json = json.loads((root / "key" / "radioactive_key.json").read_text())
     assert manifest["info_key_sha256"] == key_json["key_sha256"]
-    assert len(manifest["info_psnr_db"]) == 200
+    assert "info_psnr_db" not in manifest and manifest["info_psnr_min_db"] <= manifest["info_psnr_mean_db"]
     models = root / "eval" / "models" / "small-cnn"
     results = {}
     for condition in ("clean", "poisoned"):
@@ -267,8 +377,11 @@ def test_end_to_end_mark_train_detect(marked_digits, capsys):
     white = results["poisoned", "white-box"]
     assert len(white["cosines"]) == 10 and 0 < white["p_value"] <= 1
     assert json.loads((models / "poisoned" / "seed0" / "detect.json").read_text()) == white
-    # the black-box test separates the model trained on the marks from the clean one
+    # the black-box test flags the model trained on the marked images (a membership signal)...
     assert results["poisoned", "black-box"]["log10_p"] < -2
+    assert "membership" in results["poisoned", "black-box"]["shows"]
+    # ...and not the one trained on their originals, which is no null control: it memorised the
+    # originals, so it leans the other way (the honest null is a model trained on neither)
     assert results["clean", "black-box"]["log10_p"] > -1.3
 
 
@@ -311,3 +424,95 @@ def test_export_never_contains_key_material(marked_digits, tmp_path, capsys):
     with pytest.raises(SystemExit) as done:
         run_cli(export_main, ["--poisons", str(root / "poisons"), "--out", str(root / "key" / "pub")])
     assert done.value.code == 2 and "private key directory" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- secret rows, resume
+
+
+TINY_CLI = "radioactive@marker-epochs=1,steps=2,marker-width=4,marker-batch-size=16,batch-size=16"
+
+
+def _generate(argv):
+    from ntga.errors import run_cli
+    from ntga.generate import main as generate_main
+
+    with pytest.raises(SystemExit) as done:
+        run_cli(generate_main, ["--dataset", "digits", "--train-size", "60", "--target-size", "0", "--no-progress",
+                                "--method", TINY_CLI, *argv])
+    return done.value.code
+
+
+def test_a_fraction_run_publishes_nothing_that_says_which_rows_are_marked(tmp_path, capsys):
+    from ntga.errors import run_cli
+    from ntga.export import main as export_main
+    from ntga.poisondir import read_poison_dir
+
+    assert _generate(["--fraction", "0.5", "--out", str(tmp_path / "p"), "--key-out", str(tmp_path / "k")]) == 0
+    assert not (tmp_path / "p" / "protected_positions.npy").exists()
+    assert not (tmp_path / "p" / "preview.png").exists()  # its rows would show marked images
+    poisons = read_poison_dir(tmp_path / "p")
+    assert poisons.protected_positions is None
+    manifest = poisons.manifest
+    assert manifest["protected_rows"].startswith("secret") and manifest["num_poisoned"] == 30
+    per_image = [k for k, v in manifest.items() if isinstance(v, list) and len(v) in (30, 60) and k != "files"]
+    assert not per_image, per_image
+    # the truth lives in the key: positions of the poison directory's rows
+    key = read_key(tmp_path / "k")
+    rows = marked_positions(tmp_path / "k")
+    assert len(rows) == 30 and np.array_equal(poisons.x[rows], key.x_marked)
+    labels = truth_labels(key)
+    assert labels.shape == (60,) and labels.sum() == 30 and labels[rows].all()
+    assert np.array_equal(poisons.source_indices[rows], key.source_indices)
+    assert len(key.psnr_db) == 30
+    # the export lists no protected files and says the share is secret
+    with pytest.raises(SystemExit) as done:
+        run_cli(export_main, ["--poisons", str(tmp_path / "p"), "--out", str(tmp_path / "pub")])
+    assert done.value.code == 0
+    sheet = json.loads((tmp_path / "pub" / "datasheet.json").read_text())
+    assert sheet["protected_files"] == "secret" and "secret" in sheet["splits"]["train"]["statement"]
+    assert "protected_files`" not in (tmp_path / "pub" / "README.md").read_text()
+    capsys.readouterr()
+
+
+def test_resume_finishes_after_the_key_was_written_and_then_has_nothing_to_do(tmp_path, monkeypatch, capsys):
+    import ntga.run.driver as driver
+
+    args = ["--out", str(tmp_path / "p"), "--key-out", str(tmp_path / "k")]
+    real = driver._write
+
+    def killed(*a, **k):
+        raise RuntimeError("killed after the key was written")
+
+    monkeypatch.setattr(driver, "_write", killed)
+    with pytest.raises(RuntimeError, match="killed"):
+        _generate(args)
+    monkeypatch.setattr(driver, "_write", real)
+    key_json = (tmp_path / "k" / "radioactive_key.json").read_bytes()
+    assert not (tmp_path / "p" / "manifest.json").exists()
+    # without --resume: the key is never overwritten, and the message says how to continue
+    assert _generate(args) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert _generate([*args, "--resume"]) == 0
+    assert "reusing the private key" in capsys.readouterr().out
+    assert (tmp_path / "k" / "radioactive_key.json").read_bytes() == key_json
+    manifest = json.loads((tmp_path / "p" / "manifest.json").read_text())
+    assert manifest["info_key_sha256"] == json.loads(key_json)["key_sha256"]
+    # a finished run: --resume has nothing to do (no "--key-out exists")
+    assert _generate([*args, "--resume"]) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    # another run's settings with this key: refused, the key kept
+    assert _generate([*args, "--resume", "--seed", "3", "--out", str(tmp_path / "q")]) == 2
+    assert "another run" in capsys.readouterr().err
+
+
+def test_generate_refuses_an_out_inside_a_key_directory(tmp_path, capsys):
+    (tmp_path / "k").mkdir()
+    (tmp_path / "k" / "radioactive_key.json").write_text("{}")
+    from ntga.errors import run_cli
+    from ntga.generate import main as generate_main
+
+    with pytest.raises(SystemExit) as done:
+        run_cli(generate_main, ["--dataset", "digits", "--method", "random", "--out", str(tmp_path / "k" / "p")])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and "inside the private key directory" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "k" / "p").exists()

@@ -24,10 +24,12 @@ import numpy as np
 
 from ntga.errors import UserInputError
 from ntga.methods.surrogate import Surrogate, make_surrogate, padded_batches, readout_features
-from ntga.models import DTYPES, get_model
+from ntga.models import get_model
+from ntga.models.saved import module_overrides
 from ntga.pixels import as_float
+from ntga.train import core
 from ntga.train.core import epoch_order
-from ntga.train.inputs import channel_stats
+from ntga.train.inputs import channel_stats, standardize
 
 EVAL_BATCH = 512
 
@@ -77,8 +79,7 @@ class SuspectModel:
     wall_time_s: float
 
     def standardize(self, x: jax.Array) -> jax.Array:
-        shape = (1,) * (x.ndim - 1) + (-1,)
-        return (x - self.state["mean"].reshape(shape)) / self.state["std"].reshape(shape)
+        return standardize(x, self.state["mean"], self.state["std"])
 
     def variables(self) -> dict[str, Any]:
         return {"params": self.state["params"], **({"batch_stats": self.state["batch_stats"]}
@@ -96,11 +97,8 @@ class SuspectModel:
 
 
 def per_example_losses(sur: Surrogate, state, x: jax.Array, y: jax.Array) -> np.ndarray:
-    """[N] loss of every example in evaluation mode, in fixed-size batches (one compilation)."""
-    n = int(x.shape[0])
-    idx, _ = padded_batches(n, min(EVAL_BATCH, n))
-    parts = [np.asarray(sur.losses(state, x[i], y[i])) for i in jnp.asarray(idx)]
-    return np.concatenate(parts)[:n].astype(np.float64)
+    """[N] loss of every example in evaluation mode (:func:`ntga.train.core.per_example_losses`)."""
+    return core.per_example_losses(lambda xb, yb: sur.losses(state, xb, yb), x, y, EVAL_BATCH)
 
 
 def train_suspect(x: np.ndarray, y: np.ndarray, num_classes: int, key: jax.Array, cfg: ModelConfig,
@@ -123,7 +121,7 @@ def train_suspect(x: np.ndarray, y: np.ndarray, num_classes: int, key: jax.Array
     if cfg.batch_size > n:
         raise UserInputError(f"--batch-size {cfg.batch_size} exceeds the {n} images to score; use at most {n}")
     steps = n // cfg.batch_size
-    overrides = {k: (DTYPES[v] if k == "dtype" else v) for k, v in cfg.model_opts}
+    overrides = module_overrides(dict(cfg.model_opts))
     sur = make_surrogate(cfg.model, num_classes, overrides=overrides, lr=cfg.lr,
                          total_steps=cfg.epochs * steps, batch_size=cfg.batch_size)
     module = get_model(cfg.model).build(num_classes, **overrides)

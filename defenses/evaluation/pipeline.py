@@ -20,7 +20,6 @@ import numpy as np
 from ntga.models import get_model
 from ntga.models.saved import save_model
 from ntga.train import TrainConfig, TrainResult
-from ntga.train.inputs import channel_stats
 from ntga import atomic, outdir
 from ntga.errors import UserInputError
 
@@ -165,13 +164,12 @@ def save_victim(where: Path, data: EvalData, victim: Victim, condition: Conditio
     """One trained victim as a self-describing saved model (what it is, how and on what it was trained)."""
     spec = get_model(victim.name)
     cfg = victim.config.resolved(spec)
-    mean, std = channel_stats(x) if cfg.standardize else (None, None)
     fingerprint = {**data.identity, "condition": condition.id,
                    "train_images_sha256": hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest(),
                    "num_train_images": int(len(x)), "dataset": data.describe.get("dataset")}
     return save_model(where, model=victim.name, options=victim.opts, num_classes=data.num_classes,
                       class_names=data.dataset.class_names, input_shape=data.image_shape,
-                      variables=result.variables, mean=mean, std=std, data_fingerprint=fingerprint,
+                      variables=result.variables, mean=result.mean, std=result.std, data_fingerprint=fingerprint,
                       train_config=dataclasses.asdict(cfg),
                       extra={"seed": int(seed), "key_seed": int(base_seed + seed),
                              "final_test_acc": float(result.final_test_acc),

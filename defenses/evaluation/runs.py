@@ -128,11 +128,6 @@ def parse_model_opts(items: Sequence[str], models: Sequence[str],
             for m in models}
 
 
-def module_kwargs(opts: Mapping[str, Any]) -> dict[str, Any]:
-    """JSON-friendly overrides -> module attributes (dtype names -> jnp dtypes); see ``ntga.models.saved``."""
-    return module_overrides(opts)
-
-
 @dataclasses.dataclass(frozen=True)
 class Victim:
     """A victim to train: registry name, overrides and the resolved recipe."""
@@ -170,7 +165,7 @@ def check_victim(victim: Victim, image_shape: Sequence[int], num_classes: int, n
         raise UserInputError(f"--batch-size {victim.config.batch_size} exceeds the {num_train} training images; "
                              f"use at most {num_train}")
     spec = get_model(victim.name)
-    module = spec.build(num_classes, **module_kwargs(victim.opts))
+    module = spec.build(num_classes, **module_overrides(victim.opts))
 
     def init():
         key = jax.random.key(0)
@@ -267,7 +262,7 @@ def run_all(data: EvalData, victims: Sequence[Victim], conditions: Sequence[Cond
             if not todo_seeds:
                 continue
             common = dict(hooks=hooks, progress=progress, num_classes=data.num_classes,
-                          model_kwargs=module_kwargs(victim.opts))
+                          model_kwargs=module_overrides(victim.opts))
             # vmapped victims train all missing seeds at once; the others one by one, saving each.
             groups = [todo_seeds] if victim.vmapped else [[s] for s in todo_seeds]
             for group in groups:

@@ -11,17 +11,28 @@ with a uniformly random direction in d dimensions and p_k has an exact
 incomplete-beta form (:func:`ntga.marking.stats.cosine_log_pvalue`); Fisher's
 method combines the K classes.
 
-Black-box: only the suspect's outputs. A model trained on the marked images
-has a lower loss on them than on their unmarked originals; the one-sided
-paired t-test of (loss on original - loss on marked) > 0 gives the p-value.
-Its null is only approximate: the marks are structured perturbations, so even
-a model that never saw them can prefer one side; the white-box test is the
-calibrated one.
+Black-box: only the suspect's outputs, and no use of the carriers. A model
+trained on the marked images x~ has a lower loss on them than on their unmarked
+originals x; the one-sided paired t-test of (loss on x - loss on x~) > 0 gives
+the p-value. It is a membership test: it shows that the model saw the marked
+images (rather than their originals), not that it carries the carriers. Its
+null is a model trained on neither x nor x~ (e.g. on the unmarked rest of the
+data), and even there it is only approximate: the marks are structured
+perturbations, so a model that never saw them can still prefer one side. A
+model trained on the originals x is no null control: it memorised x, so the
+test leans the other way (p near 1). The white-box test is the calibrated,
+carrier-specific one.
+
+Every p-value is reported as ``p_value`` and its exact ``log10_p`` (computed in
+log space, finite far below 1e-308). The one case float64 cannot resolve is a
+cosine that rounds to 1: its p-value is then reported as the bound at the
+largest float below 1, with ``log10_p_is_upper_bound: true``.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace as dataclass_replace
 from typing import Any
 
 import jax
@@ -34,6 +45,10 @@ from ntga.marking.network import classifier_rows, features
 from ntga.marking.stats import cosine_log_pvalue, fisher_log_pvalue, log10, paired_t_log_pvalue
 from ntga.models.saved import SavedModel
 from ntga.pixels import as_float
+from ntga.train.core import per_example_losses as _per_example_losses
+from ntga.train.config import cross_entropy
+
+_BELOW_ONE = float(np.nextafter(1.0, 0.0))
 
 
 def align_features(f_ref: np.ndarray, f_sus: np.ndarray) -> np.ndarray:
@@ -64,10 +79,25 @@ def check_compatible(key: MarkKey, model: SavedModel) -> None:
 
 
 def _result(test: str, log_p: float, key: MarkKey, model: SavedModel, **fields: Any) -> dict[str, Any]:
-    p = math.exp(log_p)
-    return {"test": test, "p_value": p, "log10_p": log10(log_p) if math.isfinite(log_p) else -1e308,
+    if not math.isfinite(log_p):  # every path above gives an exact finite log or a stated bound
+        raise ArithmeticError(f"{test} test: log p is {log_p}")
+    return {"test": test, "p_value": math.exp(log_p), "log10_p": log10(log_p),
             "key_sha256": key.hash, "model": str(model.path), "model_name": model.name,
             "num_classes": key.num_classes, **fields}
+
+
+def cosine_log_pvalues(cosines: np.ndarray, d: int) -> tuple[list[float], list[bool]]:
+    """Natural-log p-values of the cosines in d dimensions, and which of them are upper bounds.
+
+    A cosine that rounds to 1 in float64 (true p below what float64 can resolve at the top of
+    the range) gets the p-value of the largest float below 1, an upper bound on its true one.
+    """
+    log_ps, bound = [], []
+    for c in np.asarray(cosines, np.float64):
+        at_top = bool(c >= 1.0)
+        log_ps.append(cosine_log_pvalue(_BELOW_ONE if at_top else float(c), d))
+        bound.append(at_top)
+    return log_ps, bound
 
 
 def white_box(key: MarkKey, model: SavedModel, x_heldout: np.ndarray) -> dict[str, Any]:
@@ -89,25 +119,33 @@ def white_box(key: MarkKey, model: SavedModel, x_heldout: np.ndarray) -> dict[st
     resid = ft - f0 @ m
     r2 = 1.0 - float(np.sum(resid ** 2) / max(np.sum((ft - ft.mean(0)) ** 2), 1e-300))
     cos = aligned_cosines(classifier_rows(model), m, key.carriers)
-    log_ps = [cosine_log_pvalue(float(c), d0) for c in cos]
+    if not np.all(np.isfinite(cos)):
+        raise UserInputError(f"the model {model.path} gives non-finite features or classifier rows (damaged "
+                             "weights?); the white-box test cannot align it")
+    log_ps, bound = cosine_log_pvalues(cos, d0)
     names = list(key.info.get("class_names") or model.class_names)
     per_class = [{"class": str(names[i]) if i < len(names) else str(i), "cosine": float(c),
-                  "log10_p": log10(lp) if math.isfinite(lp) else -1e308} for i, (c, lp) in enumerate(zip(cos, log_ps))]
+                  "log10_p": log10(lp), "log10_p_is_upper_bound": b}
+                 for i, (c, lp, b) in enumerate(zip(cos, log_ps, bound))]
+    # Fisher's combination is increasing in every p_k, so bounds in give a bound out.
     return _result("white-box", fisher_log_pvalue(log_ps), key, model, cosines=[float(c) for c in cos],
                    per_class=per_class, feature_dim=d0, num_images=n, alignment_r2=r2,
-                   combination="fisher")
+                   combination="fisher", log10_p_is_upper_bound=any(bound))
+
+
+def loss_fn(model: SavedModel):
+    """Jitted ``loss(x uint8 [B, H, W, C], y int [B]) -> [B]`` softmax cross-entropy of the model (eval mode)."""
+    @jax.jit
+    def loss(variables, xb, yb):
+        logits = dataclass_replace(model, variables=variables).logits(as_float(xb))
+        return cross_entropy(logits, jax.nn.one_hot(yb, logits.shape[-1], dtype=jnp.float32))
+
+    return lambda xb, yb: loss(model.variables, xb, yb)
 
 
 def per_example_losses(model: SavedModel, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """float64 [N] softmax cross-entropy of the model (eval mode) on uint8 images with int labels."""
-    @jax.jit
-    def loss(xb, yb):
-        logits = model.logits(as_float(xb))
-        return -jnp.take_along_axis(jax.nn.log_softmax(logits, -1), yb[:, None], axis=1)[:, 0]
-
-    out = [np.asarray(loss(jnp.asarray(x[i:i + batch_size]), jnp.asarray(y[i:i + batch_size], jnp.int32)))
-           for i in range(0, len(x), batch_size)]
-    return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
+    """float64 [N] softmax cross-entropy of the model (eval mode, its test-time views) on uint8 images."""
+    return _per_example_losses(loss_fn(model), x, y, batch_size)
 
 
 def black_box(key: MarkKey, model: SavedModel, max_pairs: int | None = None) -> dict[str, Any]:
@@ -117,13 +155,22 @@ def black_box(key: MarkKey, model: SavedModel, max_pairs: int | None = None) -> 
     if n < 2:
         raise UserInputError(f"the black-box test needs at least 2 marked images; the key holds {len(key.y)}")
     y = key.y[:n]
-    marked = per_example_losses(model, key.x_marked[:n], y)
-    original = per_example_losses(model, key.x_original[:n], y)
+    loss = loss_fn(model)  # one compilation for both sets
+    marked = _per_example_losses(loss, key.x_marked[:n], y, 256)
+    original = _per_example_losses(loss, key.x_original[:n], y, 256)
     diff = original - marked
+    if not np.all(np.isfinite(diff)):
+        raise UserInputError(f"the model {model.path} has a non-finite loss on "
+                             f"{int(np.sum(~np.isfinite(diff)))} of the {n} marked images or their originals "
+                             "(damaged weights?); the black-box test needs finite losses")
     log_p, t = paired_t_log_pvalue(diff)
-    return _result("black-box", log_p, key, model, num_pairs=n, t_statistic=float(t),
+    extra = ({"t_statistic": float(t), "statistic": "paired t"} if t is not None else
+             {"t_statistic": None, "statistic": "sign test (all paired differences are equal, so t is undefined)"})
+    return _result("black-box", log_p, key, model, num_pairs=n, **extra,
                    mean_loss_marked=float(marked.mean()), mean_loss_original=float(original.mean()),
-                   mean_loss_difference=float(diff.mean()))
+                   mean_loss_difference=float(diff.mean()),
+                   shows="use of the marked images (membership), not the carriers")
 
 
-__all__ = ["align_features", "aligned_cosines", "black_box", "check_compatible", "per_example_losses", "white_box"]
+__all__ = ["align_features", "aligned_cosines", "black_box", "check_compatible", "cosine_log_pvalues", "loss_fn",
+           "per_example_losses", "white_box"]

@@ -4,19 +4,25 @@ A key directory (``ntga.generate --method radioactive --key-out DIR``) holds::
 
     radioactive_key.json   the marker and description: key hash, the 256-bit secret the carriers
                            come from, K, feature size d, image shape, class names, budget, dataset
-                           spec and content hash, the poison directory it belongs to
+                           spec and content hash, the poison directory it belongs to and the sha256
+                           of its run's fingerprint (``--resume``), the marking network's facts
+                           (model, feature size, accuracy), the sha256 of every other file
     carriers.npy           float64 [K, d] unit carriers u_k (one per class)
     marking_net/           the marking network phi_0 (``ntga.models.saved``: model.json + params.npz)
-    marked.npz             source_indices [M], x_marked / x_original uint8 [M, H, W, C], y [M]:
+    marked.npz             source_indices [M] (dataset rows), positions [M] (rows of the poison
+                           directory), x_marked / x_original uint8 [M, H, W, C], y [M], psnr_db [M]:
                            the marked training images and their originals (black-box test)
     PRIVATE-README.txt     what this is and why it must stay private
 
-The poison directory records only ``key_sha256`` (:func:`key_hash`, a hash of the
-secret and the carriers: it identifies the key without revealing it). The key
-directory is created with mode 0700, written under a hidden name and renamed into
-place (never half-written), may not lie inside or contain the poison directory,
-and ``ntga.export`` refuses to write into it or to export a folder containing one
-(:func:`find_key_dir`).
+Which rows carry the mark is secret: the poison directory of a radioactive run has
+no ``protected_positions.npy`` and its manifest no per-image values; experiments
+that need the truth read it from the key (:func:`marked_positions`,
+:func:`truth_labels`). The poison directory records only ``key_sha256``
+(:func:`key_hash`, a hash of the secret and the carriers: it identifies the key
+without revealing it). The key directory is created with mode 0700, written under
+a hidden name and renamed into place (never half-written), may not lie inside or
+contain the poison directory, and ``ntga.export`` refuses to write into it or to
+export a folder containing one (:func:`find_key_dir`).
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ MARKING_NET = "marking_net"
 MARKED = "marked.npz"
 README = "PRIVATE-README.txt"
 FORMAT = "ntga-radioactive-key"
-VERSION = 1
+VERSION = 2  # 2: marking_net/ covered by files_sha256; positions and psnr_db in marked.npz
 _HASH_TAG = b"ntga-radioactive-key-v1\0"
 
 
@@ -75,6 +81,9 @@ class MarkKey:
       source_indices: int64 [M] dataset rows of the marked images.
       x_marked, x_original: uint8 [M, H, W, C].
       y: int64 [M].
+      positions: int64 [M] rows of the poison directory that carry the mark (set by the
+        generation driver; None before it is known).
+      psnr_db: float64 [M] PSNR of each marked image against its original (inf: unchanged).
     """
 
     secret: bytes
@@ -85,6 +94,8 @@ class MarkKey:
     x_marked: np.ndarray
     x_original: np.ndarray
     y: np.ndarray
+    positions: np.ndarray | None = None
+    psnr_db: np.ndarray | None = None
 
     @property
     def hash(self) -> str:
@@ -119,8 +130,13 @@ def _inside(a: Path, b: Path) -> bool:
     return a == b or b in a.parents
 
 
-def check_key_out(key_out: str | Path, poison_out: str | Path) -> Path:
+def check_key_out(key_out: str | Path, poison_out: str | Path, resume: bool = False) -> Path:
     """Refuses a key directory that would be published with the poisons, or one that is already used.
+
+    Args:
+      key_out, poison_out: ``--key-out`` and ``--out``.
+      resume: a ``--resume`` run may find its own key there (the driver then checks that the key
+        belongs to the run); any other non-empty folder is still refused.
 
     Raises:
       UserInputError: ``key_out`` is the poison directory, inside it, or contains it; or it exists and
@@ -134,14 +150,17 @@ def check_key_out(key_out: str | Path, poison_out: str | Path) -> Path:
     if _inside(poison_out, key_out):
         raise UserInputError(f"--out {poison_out} is inside the private key directory --key-out {key_out}; "
                              "the poisons are public, the key is not: use two separate folders")
-    _check_new(key_out)
+    if not (resume and (key_out / KEY_JSON).is_file()):
+        _check_new(key_out)
     return key_out
 
 
 def _check_new(key_out: Path) -> None:
     if key_out.exists() and (not key_out.is_dir() or any(key_out.iterdir())):
+        hint = (" (if it holds the key of an interrupted run with these settings, add --resume)"
+                if (key_out / KEY_JSON).is_file() else "")
         raise UserInputError(f"--key-out {key_out} exists and is not an empty directory; a key is never "
-                             "overwritten (it is the only proof of the marking): choose a new folder")
+                             f"overwritten (it is the only proof of the marking): choose a new folder{hint}")
 
 
 def write_key(key: MarkKey, key_out: str | Path) -> Path:
@@ -154,9 +173,12 @@ def write_key(key: MarkKey, key_out: str | Path) -> Path:
     try:
         np.save(tmp / CARRIERS, np.ascontiguousarray(key.carriers, np.float64), allow_pickle=False)
         key.marking_net(tmp / MARKING_NET)
+        extra = {} if key.positions is None else {"positions": np.asarray(key.positions, np.int64)}
+        if key.psnr_db is not None:
+            extra["psnr_db"] = np.asarray(key.psnr_db, np.float64)
         np.savez(tmp / MARKED, source_indices=np.asarray(key.source_indices, np.int64),
-                 x_marked=key.x_marked, x_original=key.x_original, y=np.asarray(key.y, np.int64))
-        files = {name: hashlib.sha256((tmp / name).read_bytes()).hexdigest() for name in (CARRIERS, MARKED)}
+                 x_marked=key.x_marked, x_original=key.x_original, y=np.asarray(key.y, np.int64), **extra)
+        files = _checksums(tmp)
         atomic.write_text(tmp / README, _readme(key))
         atomic.write_json(tmp / KEY_JSON, {
             "format": FORMAT, "version": VERSION, "key_sha256": key.hash, "secret_hex": key.secret.hex(),
@@ -169,6 +191,16 @@ def write_key(key: MarkKey, key_out: str | Path) -> Path:
         raise
     os.chmod(key_out, 0o700)
     return key_out
+
+
+def _covered(root: Path) -> list[str]:
+    """The files a key's ``files_sha256`` must cover: carriers, marked images, every marking-network file."""
+    net = root / MARKING_NET
+    return [CARRIERS, MARKED, *sorted(p.relative_to(root).as_posix() for p in net.rglob("*") if p.is_file())]
+
+
+def _checksums(root: Path) -> dict[str, str]:
+    return {name: hashlib.sha256((root / name).read_bytes()).hexdigest() for name in _covered(root)}
 
 
 def _readme(key: MarkKey) -> str:
@@ -196,23 +228,69 @@ def read_key(path: str | Path) -> MarkKey:
                              "folder given to `ntga.generate --method radioactive --key-out`")
     try:
         info = json.loads((path / KEY_JSON).read_text())
-        if info.get("format") != FORMAT:
-            raise ValueError(f"format is {info.get('format')!r}")
-        for name, digest in info["files_sha256"].items():
+        if not isinstance(info, dict) or info.get("format") != FORMAT:
+            raise ValueError(f"format is {info.get('format') if isinstance(info, dict) else None!r}, "
+                             f"expected {FORMAT!r}")
+        if info.get("version") != VERSION:
+            raise ValueError(f"version {info.get('version')!r} is not supported (this version reads {VERSION})")
+        listed = info["files_sha256"]
+        missing = sorted(set(_covered(path)) - set(listed))
+        if missing:
+            raise ValueError(f"files_sha256 does not cover {', '.join(missing)}")
+        for name, digest in listed.items():
+            if Path(name).is_absolute() or ".." in Path(name).parts:
+                raise ValueError(f"files_sha256 names {name!r}, outside the key")
             if hashlib.sha256((path / name).read_bytes()).hexdigest() != digest:
                 raise ValueError(f"{name} does not match its sha256 (damaged or edited)")
         secret = bytes.fromhex(info["secret_hex"])
         carriers = np.load(path / CARRIERS, allow_pickle=False)
         with np.load(path / MARKED, allow_pickle=False) as z:
             marked = {k: z[k] for k in z.files}
-    except (OSError, ValueError, KeyError, TypeError) as err:
+        for name in ("source_indices", "x_marked", "x_original", "y"):
+            if name not in marked:
+                raise ValueError(f"{MARKED} has no array {name!r}")
+        stored_hash = info["key_sha256"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         raise UserInputError(f"cannot read the key {path}: {err}") from None
-    if key_hash(secret, carriers) != info["key_sha256"]:
+    if key_hash(secret, carriers) != stored_hash:
         raise UserInputError(f"key {path}: carriers and secret do not match key_sha256 (damaged or edited)")
     extra = {k: v for k, v in info.items() if k not in ("secret_hex", "files_sha256")}
     return MarkKey(secret=secret, carriers=carriers, info=extra, marking_net=load_model(path / MARKING_NET),
                    source_indices=marked["source_indices"], x_marked=marked["x_marked"],
-                   x_original=marked["x_original"], y=marked["y"])
+                   x_original=marked["x_original"], y=marked["y"], positions=marked.get("positions"),
+                   psnr_db=marked.get("psnr_db"))
+
+
+def marked_positions(key: MarkKey | str | Path) -> np.ndarray:
+    """int64 [M] rows of the key's poison directory that carry the mark (the truth, kept out of the poisons).
+
+    Args:
+      key: a :class:`MarkKey` or a key directory.
+
+    Raises:
+      UserInputError: the key records no positions (written outside the generation driver).
+    """
+    key = read_key(key) if not isinstance(key, MarkKey) else key
+    if key.positions is None:
+        raise UserInputError("this key records no poison-directory positions (it was not written by "
+                             "`ntga.generate --method radioactive`)")
+    return np.asarray(key.positions, np.int64)
+
+
+def truth_labels(key: MarkKey | str | Path, num_rows: int | None = None) -> np.ndarray:
+    """bool [N]: which rows of the key's poison directory are marked (N: ``num_rows``, default the key's record).
+
+    For experiments that score detectors of marked rows (AUROC against the truth), since the
+    published poison directory does not say which rows they are.
+    """
+    key = read_key(key) if not isinstance(key, MarkKey) else key
+    rows = marked_positions(key)
+    n = int(key.info.get("num_training_images", 0) if num_rows is None else num_rows)
+    if rows.size and (rows.max() >= n or rows.min() < 0):
+        raise UserInputError(f"the key marks poison-directory row {int(rows.max())} but there are {n} rows")
+    labels = np.zeros(n, bool)
+    labels[rows] = True
+    return labels
 
 
 def public_reference(key: MarkKey) -> Mapping[str, Any]:
@@ -220,5 +298,5 @@ def public_reference(key: MarkKey) -> Mapping[str, Any]:
     return {"key_sha256": key.hash}
 
 
-__all__ = ["MarkKey", "check_key_out", "draw_carriers", "find_key_dir", "key_hash", "keys_inside", "new_secret",
-           "public_reference", "read_key", "write_key"]
+__all__ = ["MarkKey", "check_key_out", "draw_carriers", "find_key_dir", "key_hash", "keys_inside", "marked_positions",
+           "new_secret", "public_reference", "read_key", "truth_labels", "write_key"]

@@ -9,7 +9,9 @@
   -2 sum log p_k ~ chi^2 with 2K degrees of freedom, whose survival function
   has a closed form for even degrees of freedom.
 * :func:`paired_t_log_pvalue`: the one-sided paired t-test of the black-box
-  test (Student's t survival function, again an incomplete beta).
+  test (Student's t survival function, again an incomplete beta); when every
+  difference is the same the t statistic is undefined and the exact sign test
+  takes its place.
 
 Everything returns natural logs, so p-values far below 1e-308 (a strong mark
 in thousands of dimensions) stay exact instead of rounding to 0. The
@@ -119,22 +121,26 @@ def student_t_log_sf(t: float, dof: float) -> float:
     return _log_half_tail(log_betainc(dof / 2.0, 0.5, x), t >= 0)
 
 
-def paired_t_log_pvalue(diff: np.ndarray) -> tuple[float, float]:
+def paired_t_log_pvalue(diff: np.ndarray) -> tuple[float, float | None]:
     """One-sided paired t-test of H1: mean(diff) > 0.
 
     Args:
       diff: [n] paired differences, n >= 2.
 
     Returns:
-      (log p, t statistic). Differences that are all equal give t = +-inf (p 0 or 1) unless all zero (p 1).
+      (log p, t statistic). When all differences are equal (sd 0) t is undefined and
+      returned as None; p is then the exact one-sided sign test's: 2^-n when they are
+      all positive (every pair on the side of H1), 1 when they are zero or negative.
     """
     diff = np.asarray(diff, np.float64).reshape(-1)
     n = diff.size
     if n < 2:
         raise ValueError(f"a paired test needs at least 2 pairs, got {n}")
+    if not np.all(np.isfinite(diff)):
+        raise ValueError("the paired differences must be finite")
     mean, sd = float(diff.mean()), float(diff.std(ddof=1))
     if sd == 0.0:
-        return (-math.inf, math.inf) if mean > 0 else (0.0, -math.inf if mean < 0 else 0.0)
+        return (-n * math.log(2.0) if mean > 0 else 0.0), None
     t = mean / (sd / math.sqrt(n))
     return student_t_log_sf(t, n - 1), t
 

@@ -5,12 +5,14 @@ clean ones, but a classifier trained on them carries a trace that the owner,
 holding the private key, can detect with a p-value (``python -m ntga.detect``).
 
 Algorithm:
-  1. The marking network phi_0 (features = the input of its readout layer) is a
-     registered victim trained with the project's trainer on the owner's clean
-     training data (all rows, marked or not), cached by content hash
+  1. A fresh 256-bit secret is drawn. The marking network phi_0 (features = the
+     input of its readout layer) is a registered victim trained with the
+     project's trainer on the owner's clean training data (all rows, marked or
+     not), with a training key derived from the run's key and the secret (so
+     the public settings do not rebuild it), cached by content hash
      (:mod:`ntga.marking.network`).
-  2. One unit carrier u_k per class, Gaussian directions drawn from a fresh
-     256-bit secret (:func:`ntga.marking.key.draw_carriers`).
+  2. One unit carrier u_k per class, Gaussian directions drawn from the secret
+     (:func:`ntga.marking.key.draw_carriers`).
   3. Each image x of class k is optimised from x~ = x for ``steps`` steps on
          L = -<phi(A(x~)) - phi(x), u_k> + l_ft ||phi(A(x~)) - phi(x)||_2 + l_img ||(x~ - x) / std||_2^2
      with A a random augmentation redrawn every step (the trainer's own
@@ -20,9 +22,11 @@ Algorithm:
      L-inf ball of radius ``eps`` (and onto valid pixels); every
      ``round_every`` steps, and at the end, the image is rounded to uint8
      within the budget (``ntga.pixels.quantize_to_budget``).
-  4. The key (secret, carriers, phi_0, the marked images and their originals)
-     goes to ``--key-out DIR``, never into the poison directory, whose manifest
-     records only the key's sha256 and, per marked image, its PSNR.
+  4. The key (secret, carriers, phi_0 and its facts, the marked images, their
+     originals, their rows and per-image PSNR) goes to ``--key-out DIR``, never
+     into the poison directory, whose manifest records the settings, the key's
+     sha256 and the PSNR over all marked images (mean, min, max): nothing that
+     says which rows carry the mark.
 
 Defaults and their source: eps 10/255 for colour images (paper); 0.1
 (25.5/255) for greyscale images (ours: the paper gives none, and MNIST's digits
@@ -44,8 +48,6 @@ paper is the identity here (images are not resized).
 
 from __future__ import annotations
 
-import functools
-import math
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -59,13 +61,15 @@ from ntga.errors import UserInputError
 from ntga.marking.key import MarkKey, draw_carriers, new_secret
 from ntga.marking.network import feature_fn, train_marking_net
 from ntga.methods.base import MethodSpec, Protected, ProtectTask
-from ntga.models import MODELS, get_model
+from ntga.models import MODELS
+from ntga.options import check_choice
 from ntga.pixels import project_delta, quantize_to_budget, to_float
 from ntga.train import TrainConfig
 from ntga.train.inputs import crop_padding, random_crop, random_flip
 
 GREY_EPS = 0.1
 COLOUR_EPS = 10 / 255
+AUGMENTS = ("crop-flip", "crop", "none")
 
 
 @dataclass(frozen=True)
@@ -114,10 +118,9 @@ class RadioactiveConfig:
         for name in ("lambda_ft", "lambda_img"):
             if not getattr(self, name) >= 0:
                 raise UserInputError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.augment not in (None, "crop-flip", "crop", "none"):
-            raise UserInputError(f"augment must be crop-flip, crop or none, got {self.augment!r}")
-        if self.marker not in MODELS:
-            raise UserInputError(f"marker {self.marker!r} is not a registered model; accepted: {', '.join(MODELS)}")
+        if self.augment is not None:
+            check_choice("augment", self.augment, AUGMENTS)
+        check_choice("marker", self.marker, MODELS)
         if self.marker_width is not None and self.marker_width < 1:
             raise UserInputError(f"marker_width must be >= 1 (or none), got {self.marker_width}")
 
@@ -155,11 +158,12 @@ def augmentation(kind: str):
     return crop_flip
 
 
-@functools.lru_cache(maxsize=8)
 def _marking_fn(phi, std: tuple[float, ...], kind: str, steps: int, round_every: int, eps: float):
     """The jitted marking of one batch: ``mark(x [B,H,W,C], u [B, D], key, lr, l_ft, l_img) -> uint8 x~``.
 
-    ``eps`` is static: the uint8 rounding within the budget needs it as a number.
+    Built once per run (one compilation for all its batches; ``phi`` closes over this run's
+    network, so there is nothing to share across runs). ``eps`` is static: the uint8 rounding
+    within the budget needs it as a number.
     """
     augment = augmentation(kind)
     inv_std = 1.0 / jnp.asarray(std, jnp.float32)
@@ -203,17 +207,19 @@ def protect_radioactive(task: ProtectTask, config: RadioactiveConfig, key: jax.A
     """Marks ``task.x`` (see the module docstring); the key goes to ``task.secret_out`` via ``Protected.secret``."""
     n, k = len(task.x), task.num_classes
     k_net, k_mark = jax.random.split(key)
+    secret = task.secret if task.secret is not None else new_secret()
     x_clean = np.concatenate([task.x, task.x_rest]) if len(task.x_rest) else task.x
     y_clean = np.concatenate([task.y, task.y_rest]) if len(task.y_rest) else task.y
     options = {} if config.marker_width is None else {"width": config.marker_width}
     train_cfg = TrainConfig(epochs=config.marker_epochs, batch_size=config.marker_batch_size)
     names = task.class_names or tuple(str(i) for i in range(k))
     net, net_info, write_net = train_marking_net(config.marker, options, train_cfg, x_clean, y_clean, k, names, k_net,
-                                      x_eval=task.x_target, y_eval=task.y_target, cache=config.cache,
-                                      progress=task.progress)
+                                                 secret, x_eval=task.x_target, y_eval=task.y_target,
+                                                 cache=config.cache, progress=task.progress)
     phi = feature_fn(net)
     dim = int(jax.eval_shape(phi, jax.ShapeDtypeStruct((1, *task.x.shape[1:]), jnp.float32)).shape[-1])
-    secret = task.secret if task.secret is not None else new_secret()
+    print(f"  marking network {config.marker} (d = {dim}): accuracy {100 * net_info['eval_acc']:.2f}% on "
+          f"{net_info['eval_on']}{' (from the cache)' if net_info['cached'] else ''}")
     carriers = draw_carriers(secret, k, dim)
 
     bsz = min(config.batch_size, n)
@@ -236,29 +242,26 @@ def protect_radioactive(task: ProtectTask, config: RadioactiveConfig, key: jax.A
     secret_key = MarkKey(
         secret=secret, carriers=carriers, marking_net=write_net,
         source_indices=np.asarray(task.source_indices if task.source_indices is not None else np.arange(n)),
-        x_marked=out, x_original=task.x.copy(), y=task.y.copy(),
+        x_marked=out, x_original=task.x.copy(), y=task.y.copy(), psnr_db=p,
         info={"method": "radioactive", "eps": float(config.eps), "image_shape": list(task.x.shape[1:]),
-              "class_names": list(names), "marking_net": {"model": config.marker, "options": options, **net_info},
+              "class_names": list(names),
+              "marking_net": {"model": config.marker, "options": options, "feature_dim": dim, **net_info},
               "config": {f: getattr(config, f) for f in config.__dataclass_fields__}})
+    # Public: aggregates only. Per-image values in row order would say which rows are marked.
     info = {
-        "psnr_db": [None if not math.isfinite(v) else round(float(v), 3) for v in p],
         "psnr_mean_db": float(finite.mean()) if finite.size else None,
         "psnr_min_db": float(finite.min()) if finite.size else None,
-        "feature_dim": dim, "marking_net_model": config.marker, "marking_net_eval_acc": net_info["eval_acc"],
-        "marking_net_eval_on": net_info["eval_on"], "marking_net_cached": net_info["cached"],
+        "psnr_max_db": float(finite.max()) if finite.size else None,
+        "num_unchanged": int(n - finite.size),
     }
     return Protected(x=out, y=task.y.copy(), info=info, secret=secret_key)
 
 
 def _report(info) -> str:
     if info["psnr_mean_db"] is None:
-        quality = "no image changed"
-    else:
-        quality = f"mean PSNR {info['psnr_mean_db']:.2f} dB (min {info['psnr_min_db']:.2f})"
-    return (f"  radioactive: {quality}; marking "
-            f"network {info['marking_net_model']} (d = {info['feature_dim']}), accuracy "
-            f"{100 * info['marking_net_eval_acc']:.2f}% on {info['marking_net_eval_on']}"
-            f"{' (from the cache)' if info['marking_net_cached'] else ''}")
+        return "  radioactive: no image changed"
+    return (f"  radioactive: PSNR over the marked images: mean {info['psnr_mean_db']:.2f} dB, min "
+            f"{info['psnr_min_db']:.2f}, max {info['psnr_max_db']:.2f}")
 
 
 SPECS = {

@@ -39,6 +39,7 @@ import numpy as np
 
 from ntga.models import get_model
 from ntga.train import LOSSES, TrainConfig, make_optimizer, make_train_step
+from ntga.train import inputs
 from ntga.train.core import INIT_COMPILER_OPTIONS, init_state
 from ntga.errors import UserInputError
 
@@ -125,8 +126,7 @@ def _build(name, num_classes, overrides, lr, total_steps, batch_size) -> Surroga
     inner_keys = ("params", "batch_stats", "opt_state", "step")
 
     def standardize(state, x):
-        shape = (1,) * (x.ndim - 1) + (-1,)  # explicit broadcasting over [B, H, W, C]
-        return (x.astype(jnp.float32) - state["mean"].reshape(shape)) / state["std"].reshape(shape)
+        return inputs.standardize(x.astype(jnp.float32), state["mean"], state["std"])
 
     # Runs once per shape: backend optimisation would only add compile time.
     @functools.partial(jax.jit, static_argnums=1, compiler_options=INIT_COMPILER_OPTIONS)
@@ -217,7 +217,9 @@ def readout_features(module: nn.Module, variables: Any, x: jax.Array) -> tuple[j
 def readout_layer(module: nn.Module, variables: Any, image_shape: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
     """The readout of a classifier that ends in a Dense layer: kernel [D, K] and bias [K] (zeros if none).
 
-    ``logits = features @ kernel + bias`` with the features of :func:`readout_features`.
+    That layer computes ``features @ kernel + bias`` from the features of :func:`readout_features`;
+    the module's logits are its output, or a fixed positive multiple of it for a module that
+    scales after the readout (fast-resnet: x 1/9).
     """
     _, _, layer = _readout(module, variables, jnp.zeros((1, *image_shape), jnp.float32))
     kernel, bias = layer

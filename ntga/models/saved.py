@@ -31,6 +31,8 @@ import numpy as np
 
 from ntga import atomic
 from ntga.errors import UserInputError
+from ntga.train.inputs import standardize
+from ntga.train.step import tta_logits
 
 MODEL_JSON = "model.json"
 PARAMS_NPZ = "params.npz"
@@ -39,10 +41,20 @@ VERSION = 1
 
 
 def module_overrides(opts: Mapping[str, Any]) -> dict[str, Any]:
-    """JSON-friendly module options -> module attributes (dtype names -> jnp dtypes, lists -> tuples)."""
-    from ntga.models import DTYPES
+    """JSON-friendly module options -> module attributes (dtype names -> jnp dtypes, lists -> tuples).
 
-    return {k: (DTYPES[v] if k == "dtype" else tuple(v) if isinstance(v, list) else v) for k, v in opts.items()}
+    Raises:
+      UserInputError: a ``dtype`` that is not one of ``ntga.models.DTYPES``.
+    """
+    from ntga.models import DTYPES
+    from ntga.options import check_choice
+
+    out = {}
+    for k, v in opts.items():
+        if k == "dtype":
+            v = v if not isinstance(v, str) else DTYPES[check_choice("dtype", v, DTYPES)]
+        out[k] = tuple(v) if isinstance(v, list) else v
+    return out
 
 
 def _json_options(opts: Mapping[str, Any]) -> dict[str, Any]:
@@ -110,13 +122,23 @@ class SavedModel:
     meta: dict[str, Any]
 
     def standardize(self, x: jax.Array) -> jax.Array:
-        """Pixel-unit float images [B, H, W, C] in [0, 1] -> the network's input."""
-        shape = (1,) * (x.ndim - 1) + (-1,)
-        return (x - jnp.asarray(self.mean).reshape(shape)) / jnp.asarray(self.std).reshape(shape)
+        """Pixel-unit float images [B, H, W, C] in [0, 1] -> the network's input (``ntga.train.inputs``)."""
+        return standardize(x, jnp.asarray(self.mean), jnp.asarray(self.std))
+
+    @property
+    def tta(self) -> str | None:
+        """The test-time augmentation the model was evaluated with (``train_config.tta``: "flip", "none")."""
+        return (self.meta.get("train_config") or {}).get("tta")
 
     def logits(self, x: jax.Array) -> jax.Array:
-        """[B, K] eval-mode logits of pixel-unit float images [B, H, W, C] (pure; jit at the call site)."""
-        return self.module.apply(self.variables, self.standardize(x), train=False).astype(jnp.float32)
+        """[B, K] eval-mode logits of pixel-unit float images [B, H, W, C] (pure; jit at the call site).
+
+        As the trainer evaluates the model: standardised, and averaged over the test-time views of
+        its recipe (``tta``, e.g. fast-resnet's flip), so the black-box test sees the outputs a user
+        of the model would see.
+        """
+        return tta_logits(lambda v: self.module.apply(self.variables, self.standardize(v), train=False), x,
+                          self.tta)
 
 
 def save_model(path: str | Path, *, model: str, options: Mapping[str, Any], num_classes: int,
@@ -184,16 +206,38 @@ def load_model(path: str | Path) -> SavedModel:
         meta = json.loads((path / MODEL_JSON).read_text())
         if meta.get("format") != FORMAT:
             raise ValueError(f"format is {meta.get('format')!r}, expected {FORMAT!r}")
-        data = (path / meta["params_file"]).read_bytes()
+        params_file = meta["params_file"]
+        # A plain file name inside the model directory: model.json never points elsewhere.
+        if not isinstance(params_file, str) or Path(params_file).name != params_file or params_file in ("", ".", ".."):
+            raise ValueError(f"params_file {params_file!r} is not a file name inside the model directory")
+        data = (path / params_file).read_bytes()
         if hashlib.sha256(data).hexdigest() != meta["params_sha256"]:
-            raise ValueError(f"{meta['params_file']} does not match its sha256 (damaged or edited)")
+            raise ValueError(f"{params_file} does not match its sha256 (damaged or edited)")
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             flat = {k: z[k] for k in z.files}
         name, k, shape = meta["model"], int(meta["num_classes"]), tuple(int(d) for d in meta["input_shape"])
+        options = meta.get("options", {})
+        if not isinstance(options, dict):
+            raise ValueError(f"options must be a JSON object, got {options!r}")
+        mean = np.asarray(meta["mean"], np.float32).reshape(-1)
+        std = np.asarray(meta["std"], np.float32).reshape(-1)
+        if len(shape) != 3 or mean.shape != (shape[-1],) or std.shape != (shape[-1],) or not np.all(std > 0):
+            raise ValueError(f"input_shape {list(shape)} with mean {mean.tolist()} and std {std.tolist()} "
+                             "is not an image shape [H, W, C] with C means and C positive stds")
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise UserInputError(f"cannot read the saved model {path}: {err}") from None
-    module = get_model(name).build(k, **module_overrides(meta.get("options", {})))
-    expected = jax.eval_shape(lambda: init_variables(module, shape, jax.random.key(0)))
+    try:
+        spec = get_model(name)
+    except UserInputError as err:
+        raise UserInputError(f"the saved model {path} names a model this version does not have: {err}") from None
+    try:
+        module = spec.build(k, **module_overrides(options))
+        expected = jax.eval_shape(lambda: init_variables(module, shape, jax.random.key(0)))
+    except UserInputError as err:
+        raise UserInputError(f"the saved model {path} has unsupported options {options}: {err}") from None
+    except (TypeError, ValueError) as err:  # an option the module does not declare, a shape it cannot take
+        raise UserInputError(f"the saved model {path} does not describe a buildable {name} "
+                             f"(options {options}, input shape {list(shape)}): {err}") from None
     want = {p: (tuple(a.shape), np.dtype(a.dtype)) for p, a in _flatten(dict(expected), leaf=lambda a: a).items()}
     got = {p: (tuple(a.shape), a.dtype) for p, a in flat.items()}
     if want != got:
@@ -202,10 +246,9 @@ def load_model(path: str | Path) -> SavedModel:
         raise UserInputError(f"{path}: the weights do not fit {name} with options {meta.get('options')} "
                              f"(missing {missing}, other shapes {odd})")
     variables = jax.tree.map(jnp.asarray, _unflatten(flat))
-    return SavedModel(path=path, name=name, options=dict(meta.get("options", {})), num_classes=k,
+    return SavedModel(path=path, name=name, options=dict(options), num_classes=k,
                       class_names=tuple(meta.get("class_names") or map(str, range(k))), input_shape=shape,
-                      mean=np.asarray(meta["mean"], np.float32), std=np.asarray(meta["std"], np.float32),
-                      module=module, variables=variables, meta=meta)
+                      mean=mean, std=std, module=module, variables=variables, meta=meta)
 
 
 __all__ = ["SavedModel", "is_saved_model", "load_model", "module_overrides", "save_model"]

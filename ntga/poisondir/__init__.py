@@ -8,8 +8,10 @@ Layout (format version 1)::
       source_indices.npy  int64 [N]           indices into the source dataset's training split
       target_indices.npy  int64 [M]           the attack's held-out target set (optional)
       protected_positions.npy int64 [P]       positions (rows of x_train) that carry protection,
-                                              when only a fraction was protected (optional; absent = all)
-      preview.png                             clean / poisoned / amplified difference (optional)
+                                              when only a fraction was protected (optional; absent = all,
+                                              or, for a secret mark (radioactive), kept in the private key)
+      preview.png                             clean / poisoned / amplified difference (optional; never
+                                              for a secret mark)
       manifest.json                           written LAST; its presence marks the directory complete
 
 Every array is a plain ``.npy`` file readable with ``np.load(..., allow_pickle=False)``,

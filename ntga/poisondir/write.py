@@ -55,6 +55,7 @@ def write_poison_dir(
     class_names: Sequence[str] | None = None,
     overwrite: bool = False,
     protected_positions: np.ndarray | None = None,
+    preview: bool = True,
 ) -> Path:
     """Writes a complete poison directory; manifest.json goes last, atomically.
 
@@ -73,6 +74,8 @@ def write_poison_dir(
       overwrite: replace the poison files of an existing non-empty directory.
       protected_positions: integer [P] unique rows of ``x`` that carry protection when
         only a fraction of the data was protected (None: all rows).
+      preview: write preview.png when ``x_clean`` is given (False: only the budget check, e.g.
+        for a secret mark, whose preview would show which images carry it).
 
     Returns:
       The directory path.
@@ -115,7 +118,7 @@ def write_poison_dir(
         files[TARGET_FILE] = _save_array(out, TARGET_FILE, target_indices)
     if protected_positions is not None:
         files[PROTECTED_FILE] = _save_array(out, PROTECTED_FILE, protected_positions)
-    if x_clean is not None:
+    if x_clean is not None and preview:
         from ntga.preview import save_preview  # Pillow is only needed when a preview is asked for
 
         title = ", ".join(_title_item(k, record[k]) for k in ("method", "kernel", "norm", "eps", "t", "steps")

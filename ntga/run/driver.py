@@ -76,7 +76,12 @@ def generate(split: Split, spec: MethodSpec, config: Any, out: str | Path, *, se
         the first pass is the standard run, bit for bit. Any other method protects the
         target set together with the rest in one pass.
       key_out: the private directory of a method with a secret (``--key-out``; required for it):
-        new or empty, neither inside ``out`` nor containing it. Written before the poison directory.
+        new or empty, neither inside ``out`` nor containing it. Written before the poison directory,
+        so an interrupted run may leave the key without the poisons: ``resume`` then checks that the
+        key belongs to this run (its fingerprint), marks again with the key's secret, checks that
+        the result is the key's (same key sha256) and writes only the poison directory. Which rows
+        carry the secret mark is recorded in the key only: such a run writes no
+        ``protected_positions.npy``.
       secret: fixed secret bytes for such a method (tests); None draws a fresh one.
 
     Returns:
@@ -89,7 +94,8 @@ def generate(split: Split, spec: MethodSpec, config: Any, out: str | Path, *, se
     ds = split.dataset
     split.require_classes()
     check_shard(spec, shard)
-    key_out = check_secret_out(spec, key_out, out)
+    refuse_out_in_key(out)
+    key_out = check_secret_out(spec, key_out, out, resume)
     if protect_targets and not len(split.target_idx):
         raise UserInputError("--protect-targets: this split holds no target set out (--target-size 0), "
                              "so every training image is protected already; leave the flag out")
@@ -99,8 +105,6 @@ def generate(split: Split, spec: MethodSpec, config: Any, out: str | Path, *, se
         held_out = select_protected(split.y_target, ds.num_classes, fraction, seed)
         positions = np.concatenate([positions, len(split.train_idx) + held_out])
     passes = _passes(split, spec, (rows_x, rows_y, rows_idx), positions, protect_targets, seed, progress)
-    passes = [dataclasses.replace(p, task=dataclasses.replace(p.task, secret_out=key_out, secret=secret))
-              for p in passes]
     # Defaults that depend on the number of images (NTGA's block size) are resolved per
     # pass; the first pass's settings are the run's, so that pass is the standard run.
     configs = [spec.resolved(config, ds.image_shape, len(p.rows)) for p in passes]
@@ -111,6 +115,12 @@ def generate(split: Split, spec: MethodSpec, config: Any, out: str | Path, *, se
         if resume and finished_with_same_settings(out, fingerprint):
             print(f"{out} is already complete; nothing to do")
             return out
+        # A key left by an interrupted run of these settings: mark again with its secret.
+        existing = _existing_key(key_out, fingerprint) if key_out is not None and resume else None
+        if existing is not None:
+            secret = existing.secret
+        passes = [dataclasses.replace(p, task=dataclasses.replace(p.task, secret_out=key_out, secret=secret))
+                  for p in passes]
         work = WorkDir(out)
         work.check(fingerprint, resume=resume)  # the folder policy and settings, before any compute
         if spec.check is not None:
@@ -131,7 +141,8 @@ def generate(split: Split, spec: MethodSpec, config: Any, out: str | Path, *, se
         for p, result in zip(passes, results):
             _check_output(spec, result, p.task)
         if spec.secret_output:  # methods with a secret protect in one pass
-            results[0] = _write_secret(spec, results[0], key_out, split, out, fingerprint, len(rows_y))
+            results[0] = _write_secret(spec, results[0], key_out, split, out, fingerprint, len(rows_y),
+                                       passes[0].rows, existing)
         # Shards share `out`: only one writes, and a late one finds the directory complete.
         with outdir.assembly_lock(out):
             if finished_with_same_settings(out, fingerprint):
@@ -141,8 +152,22 @@ def generate(split: Split, spec: MethodSpec, config: Any, out: str | Path, *, se
                           passes, results, wall, protect_targets)
 
 
-def check_secret_out(spec: MethodSpec, key_out: str | Path | None, out: str | Path) -> Path | None:
-    """``--key-out`` is required for a method with a secret, refused for the others, and never published."""
+def refuse_out_in_key(out: str | Path) -> None:
+    """``--out`` is published: it may not lie inside a private key directory (of any run)."""
+    from ntga.marking.key import find_key_dir
+
+    inside = find_key_dir(out)
+    if inside is not None:
+        raise UserInputError(f"--out {out} is inside the private key directory {inside}; the poisons are meant "
+                             "to be published and the key never: choose an --out outside it")
+
+
+def check_secret_out(spec: MethodSpec, key_out: str | Path | None, out: str | Path,
+                     resume: bool = False) -> Path | None:
+    """``--key-out`` is required for a method with a secret, refused for the others, and never published.
+
+    With ``resume`` the folder may already hold a key (the driver checks it belongs to the run).
+    """
     if not spec.secret_output:
         if key_out is not None:
             raise UserInputError(f"--key-out applies to methods with a private key (radioactive), "
@@ -153,20 +178,57 @@ def check_secret_out(spec: MethodSpec, key_out: str | Path | None, out: str | Pa
                              "for the secret key that later proves use of the marked data")
     from ntga.marking.key import check_key_out
 
-    return check_key_out(key_out, out)
+    return check_key_out(key_out, out, resume=resume)
+
+
+def fingerprint_sha256(fingerprint: dict[str, Any]) -> str:
+    """sha256 of a run's fingerprint (recorded in its key, so a resume finds its own key)."""
+    import json
+
+    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _existing_key(key_out: Path, fingerprint: dict[str, Any]):
+    """The key an interrupted run of ``fingerprint`` left in ``key_out`` (verified), or None when there is none."""
+    from ntga.marking.key import KEY_JSON, read_key
+
+    if not (Path(key_out) / KEY_JSON).is_file():
+        return None
+    key = read_key(key_out)
+    if key.info.get("run_fingerprint_sha256") != fingerprint_sha256(fingerprint):
+        raise UserInputError(f"--resume: --key-out {key_out} holds the key of another run (other settings or "
+                             "data), and a key is never overwritten; give this run a new --key-out (and --out)")
+    print(f"--resume: reusing the private key in {key_out} (key sha256 {key.hash[:16]}...), written before the "
+          "interruption; the poisons are made again with its secret")
+    return key
 
 
 def _write_secret(spec: MethodSpec, result: Protected, key_out: Path, split: Split, out: Path,
-                  fingerprint: dict[str, Any], num_training_images: int) -> Protected:
-    """Writes the method's secret to ``key_out`` (before the poisons) and keeps only its hash for the manifest."""
+                  fingerprint: dict[str, Any], num_training_images: int, positions: np.ndarray,
+                  existing=None) -> Protected:
+    """Writes the method's secret to ``key_out`` (before the poisons) and keeps only its hash for the manifest.
+
+    ``existing``: the key a resumed run found in ``key_out``; the new result must reproduce it.
+    """
     from ntga.marking.key import write_key
 
     if result.secret is None:
         raise RuntimeError(f"method {spec.name} returned no secret")
+    if existing is not None:
+        same = (existing.hash == result.secret.hash and existing.positions is not None
+                and np.array_equal(existing.positions, positions)
+                and np.array_equal(existing.x_marked, result.secret.x_marked))
+        if not same:
+            raise UserInputError(f"--resume: marking again with the secret of {key_out} did not reproduce the "
+                                 "marked images that key describes (another machine or library version?); the "
+                                 f"key is kept as it is. Start over with a new --key-out and a new --out")
+        return dataclasses.replace(result, info={**result.info, "key_sha256": existing.hash}, secret=None)
     where = {"poison_dir": str(out.resolve()), "dataset": split.dataset.spec,
              "dataset_content_hash": split.dataset.content_hash, "seed": fingerprint.get("seed"),
-             "fraction": fingerprint.get("fraction"), "num_training_images": int(num_training_images)}
-    secret = dataclasses.replace(result.secret, info={**result.secret.info, **where})
+             "fraction": fingerprint.get("fraction"), "num_training_images": int(num_training_images),
+             "run_fingerprint_sha256": fingerprint_sha256(fingerprint)}
+    secret = dataclasses.replace(result.secret, info={**result.secret.info, **where},
+                                 positions=np.asarray(positions, np.int64))
     path = write_key(secret, key_out)
     print(f"PRIVATE KEY written to {path.resolve()} (key sha256 {result.secret.hash[:16]}...): it is the only "
           "proof of the mark; back it up and never publish it (the poison directory refers to it by hash only)")
@@ -301,9 +363,15 @@ def _write(split: Split, spec: MethodSpec, configs: list[Any], out: Path, work: 
     elif "norm" not in manifest:
         manifest["norm"] = spec.budget_norm
     held_out = split.target_idx if len(split.target_idx) and not protect_targets else None
+    # A secret mark's rows stay secret (the key has them): no positions, and no preview, whose
+    # clean / protected / difference rows would show which of its images carry the mark.
+    secret_rows = spec.secret_output
+    if secret_rows:
+        manifest["protected_rows"] = "secret (recorded in the private key only)"
     path = write_poison_dir(out, x=x_all, y=y_all, source_indices=rows_idx, manifest=manifest,
                             target_indices=held_out, x_clean=rows_x, class_names=ds.class_names, overwrite=True,
-                            protected_positions=None if len(positions) == len(y_all) else positions)
+                            protected_positions=None if secret_rows or len(positions) == len(y_all) else positions,
+                            preview=not secret_rows)
     work.remove()
     print(f"wrote {path}: {spec.name}, {len(positions)} of {len(y_all)} training images protected in {wall:.1f}s"
           + (" (the target set included)" if protect_targets else ""))
@@ -327,7 +395,8 @@ def generate_from_args(args: argparse.Namespace, spec: MethodSpec, config: Any) 
 
     shard = parse_shard(args.shard)
     check_shard(spec, shard)
-    check_secret_out(spec, args.key_out, args.out)  # before the data is loaded
+    refuse_out_in_key(args.out)  # before the data is loaded
+    check_secret_out(spec, args.key_out, args.out, args.resume)
     fraction = check_fraction(parse_fraction(args.fraction, "--fraction"))
     split = split_from_args(args)
     return generate(split, spec, config, args.out, seed=args.seed, fraction=fraction, resume=args.resume,

@@ -235,6 +235,8 @@ class TrainResult:
         images_per_s: training images per second after the first (compiling)
             step, evaluation excluded (all seeds together when vmapped).
         variables: the trained Flax variables (``params`` and maybe ``batch_stats``), numpy leaves.
+        mean, std: float32 [C] per-channel standardisation the trainer fed the network with
+            (statistics of ``x_train``, pixel units), or None when ``standardize`` was off.
     """
 
     final_test_acc: float
@@ -246,3 +248,5 @@ class TrainResult:
     wall_time_s: float
     images_per_s: float
     variables: Any = dataclasses.field(default=None, repr=False, compare=False)
+    mean: np.ndarray | None = dataclasses.field(default=None, repr=False, compare=False)
+    std: np.ndarray | None = dataclasses.field(default=None, repr=False, compare=False)

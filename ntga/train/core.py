@@ -8,6 +8,9 @@ orders its batches and updates the same way whoever trains it.
 
 The state is a dict: ``params``, ``batch_stats`` (empty without batch norm),
 ``opt_state`` (the optax state) and ``step`` (int32 scalar, the update count).
+
+:func:`per_example_losses` is the one way a trained network's loss on every image of a set
+is measured (the detectors' suspect model, the radioactive black-box test).
 """
 
 from __future__ import annotations
@@ -64,3 +67,26 @@ def epoch_order(key: jax.Array, epoch, n: int, batch: int) -> jax.Array:
     """
     steps = n // batch
     return jax.random.permutation(jax.random.fold_in(key, epoch), n)[:steps * batch].reshape(steps, batch)
+
+
+def per_example_losses(loss_fn: Callable[[jax.Array, jax.Array], jax.Array], x: Any, y: Any,
+                       batch_size: int = 512) -> np.ndarray:
+    """float64 [N] per-example losses, measured in fixed-size batches (one compilation).
+
+    Args:
+        loss_fn: ``loss_fn(x [B, ...], y [B]) -> [B]``; jit it at the call site (with the weights as
+            arguments of the jitted function, so a new state does not recompile). Its inputs are
+            rows of ``x`` and ``y`` as given (uint8 or float images).
+        x: [N, ...] images (numpy or jax).
+        y: [N] int labels.
+        batch_size: rows per call; the last batch is padded by repeating row N-1 and the padding
+            is dropped from the result.
+    """
+    n = int(len(x))
+    if n == 0:
+        return np.zeros(0)
+    bsz = max(1, min(int(batch_size), n))
+    x, y = jnp.asarray(x), jnp.asarray(y, jnp.int32)
+    rows = np.minimum(np.arange(-(-n // bsz) * bsz), n - 1).reshape(-1, bsz)
+    parts = [np.asarray(loss_fn(x[r], y[r])) for r in jnp.asarray(rows)]
+    return np.concatenate(parts)[:n].astype(np.float64)

@@ -227,6 +227,8 @@ def _train_epochs(run: _Setup, state: dict, steps_of: _PhaseSteps, evaluate: Cal
 def _results(run: _Setup, state: dict, curves: _Curves, n_seeds: int, vmapped: bool,
              wall: float) -> list[TrainResult]:
     variables = jax.device_get({"params": state["params"], "batch_stats": state["batch_stats"]})
+    mean, std = ((np.asarray(run.mean, np.float32), np.asarray(run.std, np.float32)) if run.cfg.standardize
+                 else (None, None))
     results = []
     for s in range(n_seeds):
         curve = curves.test_acc[s]
@@ -237,7 +239,7 @@ def _results(run: _Setup, state: dict, curves: _Curves, n_seeds: int, vmapped: b
         results.append(TrainResult(final_test_acc=float(curve[-1]), peak_test_acc=float(curve[peak]),
                                    peak_epoch=peak + 1, test_acc_curve=curve, train_acc_curve=curves.train_acc[s],
                                    train_loss_curve=curves.train_loss[s], wall_time_s=wall,
-                                   images_per_s=float(curves.images_per_s), variables=v))
+                                   images_per_s=float(curves.images_per_s), variables=v, mean=mean, std=std))
     return results
 
 
