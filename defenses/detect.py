@@ -64,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--auroc", action="store_true",
                    help="require AUROC/AUPRC: fail at once when the source has no protection labels "
                    "(protected_positions.npy of a --fraction run); without it they are reported when available")
+    d.add_argument("--truth", default=None, metavar="KEY_DIR",
+                   help="a radioactive run's private key (ntga.generate --method radioactive --key-out): the "
+                   "marked rows, which the published poison directory does not list, become the protection "
+                   "labels for AUROC/AUPRC (for the owner's own experiments)")
     d.add_argument("--list-opts", default=None, metavar="KIND:NAME",
                    help="print the options and defaults of detector:NAME or model:NAME and exit")
     m = p.add_argument_group("suspect model (cd and early-loss train one on the data being scored)")
@@ -119,6 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     source_text = args.poisons if args.poisons is not None else args.dataset
     source = load_source(source_text, train_size=args.train_size, seed=args.seed, cache_dir=args.cache_dir,
                          use_cache=not args.no_cache, limits=limits_from_args(args))
+    if args.truth is not None:
+        source = with_marked_rows(source, args.truth)
     out = Path(args.out) if args.out else default_out(source_text)
     if source.kind == "poisons" and Path(source.what).resolve() in (out.resolve(), *out.resolve().parents):
         raise UserInputError(f"--out {out} is inside the poison directory {source.what}, which stays as published; "
@@ -131,6 +137,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"wrote {outcome.out}: detection.json, summary.md, " + ", ".join(
         [f"{n}/scores.npy" for n in outcome.payload["detectors"]] + outcome.payload["figures"]))
     return 0
+
+
+def with_marked_rows(source, key_dir: str):
+    """``source`` (a radioactive poison directory) with the key's marked rows as its protection labels.
+
+    Raises:
+      UserInputError: not a poison directory, or a key of another run.
+    """
+    import dataclasses
+
+    from ntga.marking.key import marked_positions, read_key
+    from ntga.poisondir import read_poison_dir
+
+    if source.kind != "poisons":
+        raise UserInputError("--truth needs --poisons to be the poison directory the key was made with")
+    key = read_key(key_dir)
+    recorded = read_poison_dir(source.what).manifest.get("info_key_sha256")
+    if recorded != key.hash:
+        raise UserInputError(f"--truth {key_dir} is not the key of {source.what} (its manifest records key "
+                             f"{str(recorded)[:16]}..., the key is {key.hash[:16]}...)")
+    positions = marked_positions(key)
+    if positions.size and positions.max() >= len(source.x):
+        raise UserInputError(f"--truth {key_dir} marks row {int(positions.max())} but {source.what} has "
+                             f"{len(source.x)} rows")
+    return dataclasses.replace(source, positions=positions)
 
 
 if __name__ == "__main__":

@@ -120,15 +120,31 @@ def _build(poisons: PoisonSet, m: dict[str, Any], method: str, train_files: Sequ
     }
 
 
+def _marked(sheet: dict[str, Any]) -> bool:
+    return sheet["protected_files"] == "secret"
+
+
+def _what_was_made(sheet: dict[str, Any]) -> str:
+    return "marked (\"radioactive\")" if _marked(sheet) else "protected (\"unlearnable\")"
+
+
+def _intent(sheet: dict[str, Any]) -> str:
+    """What the protection is for: a mark proves use; the other methods make the data unlearnable."""
+    if _marked(sheet):
+        return ("Models trained on `train/` learn as usual but carry a trace of the mark, which the owner's "
+                "private key can detect with a p-value.")
+    return "Models trained on `train/` are meant to generalise poorly."
+
+
 def to_markdown(sheet: dict[str, Any]) -> str:
     """README.md text of a datasheet from :func:`build`."""
     s, b, src = sheet["splits"], sheet["budget"], sheet["source_dataset"]
     lines = [
         "# Protected dataset",
         "",
-        f"This folder was made by `ntga.export` from a protected (\"unlearnable\") copy of "
-        f"`{src['spec']}` (content hash `{str(src['content_hash'])[:16]}...`). Models trained on `train/` are "
-        "meant to generalise poorly; the images look almost like the originals.",
+        f"This folder was made by `ntga.export` from a {_what_was_made(sheet)} copy of "
+        f"`{src['spec']}` (content hash `{str(src['content_hash'])[:16]}...`). {_intent(sheet)} The images look "
+        "almost like the originals.",
         "",
         "## What was done",
         "",

@@ -470,8 +470,22 @@ def test_a_fraction_run_publishes_nothing_that_says_which_rows_are_marked(tmp_pa
     assert done.value.code == 0
     sheet = json.loads((tmp_path / "pub" / "datasheet.json").read_text())
     assert sheet["protected_files"] == "secret" and "secret" in sheet["splits"]["train"]["statement"]
-    assert "protected_files`" not in (tmp_path / "pub" / "README.md").read_text()
+    readme = (tmp_path / "pub" / "README.md").read_text()
+    assert "protected_files`" not in readme
+    assert "marked (\"radioactive\")" in readme and "generalise poorly" not in readme
     capsys.readouterr()
+    # The owner scores a detector against the truth from the key (defenses.detect --truth).
+    from defenses.detect import main as detect_main
+
+    argv = ["--poisons", str(tmp_path / "p"), "--detector", "linear", "--auroc"]
+    assert detect_main([*argv, "--truth", str(tmp_path / "k"), "--out", str(tmp_path / "det")]) == 0
+    result = json.loads((tmp_path / "det" / "detection.json").read_text())
+    assert 0.0 <= result["detectors"]["linear"]["auroc"] <= 1.0
+    with pytest.raises(UserInputError, match="--auroc needs protection labels"):
+        detect_main([*argv, "--out", str(tmp_path / "det2")])
+    assert _generate(["--out", str(tmp_path / "p2"), "--key-out", str(tmp_path / "k2")]) == 0
+    with pytest.raises(UserInputError, match="is not the key of"):
+        detect_main([*argv, "--truth", str(tmp_path / "k2"), "--out", str(tmp_path / "det3")])
 
 
 def test_resume_finishes_after_the_key_was_written_and_then_has_nothing_to_do(tmp_path, monkeypatch, capsys):
