@@ -67,6 +67,7 @@ def assert_uint8_within_budget(x_poison, x_block, eps, norm):
 
 
 @pytest.mark.parametrize("norm,eps", [("linf", 0.1), ("l2", 0.5)])
+@pytest.mark.slow
 def test_poison_block_budget_shapes_and_loss_increase(problem, norm, eps):
     x_block, y_block, x_target, y_target = problem
     config = dataclasses.replace(SHARED_CONFIG, eps=eps, norm=norm, step_size=None)
@@ -87,6 +88,7 @@ def test_poison_block_budget_shapes_and_loss_increase(problem, norm, eps):
     assert result.poisoned_target_acc == pytest.approx(float(p_acc))
 
 
+@pytest.mark.slow
 def test_fgsm_preset_equals_one_signed_step_by_hand(problem):
     x_block, y_block, x_target, y_target = problem
     eps = 20 / 255  # a whole number of uint8 levels, so rounding is exact
@@ -104,6 +106,7 @@ def test_fgsm_preset_equals_one_signed_step_by_hand(problem):
     assert float(loss0) == pytest.approx(result.loss_history[0], rel=1e-12)
 
 
+@pytest.mark.slow
 def test_random_start_is_deterministic_under_a_key(problem):
     x_block, y_block, x_target, y_target = problem
     config = AttackConfig(eps=0.1, steps=2, random_start=True, target_chunk=12)
@@ -118,6 +121,7 @@ def test_random_start_is_deterministic_under_a_key(problem):
         poison_block(FNN, x_block, y_block, x_target, y_target, config)
 
 
+@pytest.mark.slow
 def test_block_attack_vmaps_over_blocks(problem):
     """What ntga.run.spread does: vmap the pure attack over blocks; each equals its own run."""
     x_block, y_block, x_target, y_target = problem
@@ -138,6 +142,7 @@ def test_block_attack_vmaps_over_blocks(problem):
 
 @pytest.mark.parametrize("kernel_fn", [FNN, rbf_kernel], ids=["fnn", "rbf"])
 @pytest.mark.parametrize("chunk", [1, 5, 100])
+@pytest.mark.slow
 def test_chunked_gradient_equals_unchunked(problem, kernel_fn, chunk):
     x_block, y_block, x_target, y_target = problem
     config = AttackConfig(eps=0.1, target_chunk=chunk)
@@ -151,6 +156,7 @@ def test_chunked_gradient_equals_unchunked(problem, kernel_fn, chunk):
     np.testing.assert_allclose(grad, want_grad, rtol=1e-8, atol=1e-12 * float(jnp.max(jnp.abs(want_grad))))
 
 
+@pytest.mark.slow
 def test_jit_matches_eager(problem):
     # The rbf kernel keeps the eager run (one compile per primitive) short; the step's own
     # machinery (custom VJP, scan over chunks, projection) is the same for any kernel.
@@ -165,6 +171,7 @@ def test_jit_matches_eager(problem):
     assert float(loss_jit) == pytest.approx(float(loss_eager), rel=1e-10)
 
 
+@pytest.mark.slow
 def test_l2_step_moves_each_image_by_step_size(problem):
     x_block, y_block, x_target, y_target = problem
     x_mid = 0.25 + 0.5 * x_block  # away from 0 and 1, so clipping is inactive
@@ -173,6 +180,7 @@ def test_l2_step_moves_each_image_by_step_size(problem):
     np.testing.assert_allclose(l2_per_image(np.asarray(x1) - x_mid), 0.05, rtol=1e-10)
 
 
+@pytest.mark.slow
 def test_zero_weight_padding_changes_nothing(problem):
     x_block, y_block, x_target, y_target = problem
     config = SHARED_CONFIG
@@ -189,6 +197,7 @@ def test_zero_weight_padding_changes_nothing(problem):
     assert float(loss) == pytest.approx(-float(np.sum(y_target * jax.nn.log_softmax(f, axis=1))), rel=1e-10)
 
 
+@pytest.mark.slow
 def test_float32_attack_runs_and_stays_in_budget(problem):
     x_block, y_block, x_target, y_target = (a.astype(np.float32) for a in problem)
     config = AttackConfig(eps=8 / 255, steps=3, target_chunk=5)

@@ -126,6 +126,7 @@ def test_composed_prepares_run_left_to_right(data, key):
     assert blurred.dtype == np.uint8 and set(np.unique(blurred)) <= {0, 85, 170, 255}
 
 
+@pytest.mark.slow
 def test_composed_hooks_chain_transforms_and_keep_one_loss(key):
     composed = compose(BREAKERS["cutout"](size=3), BREAKERS["mixup"](), BREAKERS["apl"]())
     hooks = composed.hooks(4)
@@ -142,6 +143,7 @@ def test_composed_hooks_chain_transforms_and_keep_one_loss(key):
     assert with_at.batch_transform is not None and with_at.adversarial is not None
 
 
+@pytest.mark.slow
 def test_adversarial_hooks_follow_the_trainer_contract(key):
     """PGD and UEraser-Max receive input_loss(x, y) -> [B] and return a same-shape batch."""
     w = jax.random.normal(key, (8, 8, 3), jnp.float32)

@@ -111,6 +111,7 @@ def shortcut_set(key, n, num_classes=4):
     return 0.5 + noise + patterns[labels], labels
 
 
+@pytest.mark.slow
 def test_projection_removes_the_classifier_directions(key):
     x, y = shortcut_set(key, 64)
     weights, _ = projection.fit_linear_classifier(x, y, 4, 100)
@@ -124,6 +125,7 @@ def test_projection_removes_the_classifier_directions(key):
     assert float(jnp.max(jnp.std(rescaled @ q, axis=0))) < 1e-4
 
 
+@pytest.mark.slow
 def test_projection_destroys_a_classwise_linear_shortcut(key):
     x, y = shortcut_set(key, 480)
     train, test = slice(0, 320), slice(320, None)
@@ -158,6 +160,7 @@ TRANSFORMS = {
 
 
 @pytest.mark.parametrize("name", list(TRANSFORMS))
+@pytest.mark.slow
 def test_batch_transforms_keep_shape_dtype_range_and_are_deterministic(name, images, key):
     transform = TRANSFORMS[name]()
     x, y = unit(images), jnp.asarray([0, 1, 2, 1])
@@ -193,6 +196,7 @@ def test_cutout_zeroes_one_clipped_square(key):
 
 
 @pytest.mark.parametrize("make", [augment.make_mixup, augment.make_cutmix], ids=["mixup", "cutmix"])
+@pytest.mark.slow
 def test_mixed_labels_sum_to_one_and_match_the_pixels(make, key):
     # Constant images i/8 let us read off how much of each example is its partner.
     values = jnp.arange(1, 9, dtype=jnp.float32) / 8
@@ -217,6 +221,7 @@ def test_mixed_labels_sum_to_one_and_match_the_pixels(make, key):
 # --- UEraser -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_plasma_maps_span_unit_interval(key):
     maps = ueraser.plasma(key, (3, 8, 8, 2), jnp.asarray([0.1, 0.4, 0.7], jnp.float32))
     assert maps.shape == (3, 8, 8, 2)
@@ -262,6 +267,7 @@ def test_geometric_ops_move_pixels_as_named(images):
     np.testing.assert_array_equal(ops["rotate"](img, jnp.float32(0.0)), img)
 
 
+@pytest.mark.slow
 def test_ueraser_max_picks_the_highest_loss_draw(images, key):
     x, y = unit(images), jnp.asarray([0, 1, 2, 3])
     weights = jax.random.normal(jax.random.fold_in(key, 7), (8, 8, 3), jnp.float32)

@@ -84,6 +84,7 @@ def test_preview_into_missing_folder_is_a_user_error(tmp_path, capsys):
     assert exit_.value.code == 2 and "does not exist" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_module_entry_point():
     r = subprocess.run(
         [sys.executable, "-m", "ntga.data", "--train-size", "12"], cwd=REPO, capture_output=True, text=True

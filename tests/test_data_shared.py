@@ -45,6 +45,7 @@ def cifar(tmp_path_factory):
     return load_dataset_info(f"folder:{archive}", cache_dir=cache), cache, archive
 
 
+@pytest.mark.slow
 def test_cifar10_counts_shapes_classes(cifar):
     (ds, info), _, _ = cifar
     assert not info.from_cache
@@ -54,6 +55,7 @@ def test_cifar10_counts_shapes_classes(cifar):
     assert 80 < ds.x_train[:1000].mean() < 180  # decoded natural images, not blank
 
 
+@pytest.mark.slow
 def test_cifar10_warm_load_equals_cold(cifar):
     (cold, _), cache, archive = cifar
     warm, info = load_dataset_info(f"folder:{archive}", cache_dir=cache)

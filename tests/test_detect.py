@@ -90,6 +90,7 @@ def test_registry_names_match_the_filter_breaker():
     assert tuple(DETECTORS) == DETECTOR_NAMES
 
 
+@pytest.mark.slow
 def test_scores_aligned_with_rows_and_deterministic():
     x, y, _ = _shortcut_data()
     perm = np.random.default_rng(1).permutation(len(x))
@@ -114,6 +115,7 @@ def test_linear_detector_finds_a_separable_shortcut():
     assert auroc(scores, labels) > 0.9
 
 
+@pytest.mark.slow
 def test_cd_objective_decreases_on_a_tiny_model(key):
     # A tiny linear "model" that looks only at a 2x2 corner patch: the distilled mask should keep
     # that patch, drop the rest, and the objective should fall by far more than its step-to-step noise.
@@ -128,6 +130,7 @@ def test_cd_objective_decreases_on_a_tiny_model(key):
     assert float(mask[:, :2, :2].mean()) > 0.5 > float(mask[:, 4:, 4:].mean())
 
 
+@pytest.mark.slow
 def test_cd_scores_do_not_depend_on_the_batch_size(key):
     # Each row's colours come from fold_in(key, row), not from its batch or its place in it.
     w = jax.random.normal(key, (8 * 8 * 3, 4), jnp.float32)
@@ -200,6 +203,7 @@ def fraction_dir(tmp_path):
     return out, rows
 
 
+@pytest.mark.slow
 def test_cli_scores_metrics_and_figures(fraction_dir, tmp_path, capsys):
     src, rows = fraction_dir
     out = tmp_path / "det"

@@ -45,6 +45,7 @@ def poison_dir(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_end_to_end_results_report_and_figures(poison_dir, tmp_path):
     # One test rather than a module fixture shared by several: under pytest-xdist each
     # worker would build such a fixture again, and this is the expensive part of the file.
@@ -98,6 +99,7 @@ def _check_summary(results):
         assert clean["gap_recovered_final"] is None and poisoned["gap_recovered_final"] is None
 
 
+@pytest.mark.slow
 def test_clean_training_images_are_the_poisons_sources(poison_dir):
     data = load_poisoned(poison_dir, test_size=50)
     ds = load_dataset("digits")
@@ -108,6 +110,7 @@ def test_clean_training_images_are_the_poisons_sources(poison_dir):
     assert poisons_src["dataset_content_hash"] == ds.content_hash
 
 
+@pytest.mark.slow
 def test_clean_only_mode_uses_the_split_generate_would_protect(tmp_path, poison_dir, capsys):
     out = tmp_path / "clean"
     assert main(["--dataset", "digits", "--train-size", "60", "--target-size", "30", "--breakers", "none,bdr@bits=1",
@@ -131,6 +134,7 @@ def _runs(out: Path) -> list[dict]:
     return json.loads((out / "results.json").read_text())["runs"]
 
 
+@pytest.mark.slow
 def test_a_killed_evaluation_keeps_its_runs_and_resume_skips_them(tmp_path, poison_dir, monkeypatch, capsys):
     import defenses.evaluation.runs as runs_module
 
@@ -186,6 +190,7 @@ def test_a_killed_evaluation_keeps_its_runs_and_resume_skips_them(tmp_path, pois
     (["--test-size", "40"], "different settings .*test_indices_sha256"),
     (["--no-standardize"], "different settings .*standardize: True before, False now"),
 ])
+@pytest.mark.slow
 def test_resume_refuses_different_settings(tmp_path, poison_dir, monkeypatch, change, message):
     import defenses.evaluation.pipeline as pipeline
 
@@ -223,6 +228,7 @@ def _poison_dir_for(ds, out: Path, n: int = 32) -> Path:
                                       "dataset": ds.spec, "dataset_content_hash": ds.content_hash})
 
 
+@pytest.mark.slow
 def test_default_results_folder_is_beside_the_poisons_not_inside(tmp_path, poison_dir, monkeypatch):
     from defenses.evaluate import build_parser, default_out
 
@@ -243,6 +249,7 @@ def test_missing_poison_dir(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_tampered_poison_dir_is_refused(tmp_path, poison_dir):
     copy = tmp_path / "copy"
     shutil.copytree(poison_dir, copy, ignore=shutil.ignore_patterns("eval"))
@@ -264,6 +271,7 @@ def test_tampered_poison_dir_is_refused(tmp_path, poison_dir):
     (["--batch-size", "500"], "--batch-size 500 exceeds the 60 training images"),
     (["--train-size", "30"], "--train-size does not apply with --poisons"),
 ])
+@pytest.mark.slow
 def test_bad_settings_are_refused_before_training(tmp_path, poison_dir, flags, message):
     out = tmp_path / "out"
     with pytest.raises(UserInputError, match=message):
@@ -302,6 +310,7 @@ def test_changed_source_dataset_is_refused_and_a_moved_copy_accepted(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_cli_exit_status_and_message(tmp_path, poison_dir):
     proc = subprocess.run([sys.executable, "-m", "defenses.evaluate", "--poisons", str(poison_dir),
                            "--breakers", "none,sharpen", "--out", str(tmp_path / "out")],
@@ -319,6 +328,7 @@ def test_help_lists_models_and_breakers():
         assert name in proc.stdout
 
 
+@pytest.mark.slow
 def test_skip_clean_trains_only_the_poisoned_rows(poison_dir, tmp_path):
     out = tmp_path / "skip"
     assert main(["--poisons", str(poison_dir), *FNN, "--seeds", "1", "--breakers", "none,bdr@bits=1",
@@ -330,6 +340,7 @@ def test_skip_clean_trains_only_the_poisoned_rows(poison_dir, tmp_path):
         main(["--dataset", "digits", *FNN, "--skip-clean", "--out", str(tmp_path / "c")])
 
 
+@pytest.mark.slow
 def test_no_standardize_reaches_the_trainer_and_the_report(poison_dir, tmp_path):
     out = tmp_path / "raw"
     assert main(["--poisons", str(poison_dir), *FNN, "--seeds", "1", "--skip-clean", "--no-standardize",

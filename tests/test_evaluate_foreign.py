@@ -60,6 +60,7 @@ def test_dataset_spec_of_the_whole_training_split_uses_it_all(tmp_path, digits):
     assert "whole training split" in data.describe["clean_baseline"]
 
 
+@pytest.mark.slow
 def test_cli_end_to_end_says_the_source_indices_are_unknown(npy_pair, tmp_path):
     source, _, _ = npy_pair
     out = tmp_path / "eval"

@@ -84,6 +84,7 @@ def test_export_refuses_non_empty_dest_and_bad_names(tmp_path):
     assert not (tmp_path / "d2").exists()
 
 
+@pytest.mark.slow
 def test_the_export_carries_a_datasheet(tmp_path):
     """README.md and datasheet.json say what was done, the budget, which files are protected and what is missing."""
     from ntga.generate import main as generate_main

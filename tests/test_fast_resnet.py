@@ -45,6 +45,7 @@ def train(x, y, xt, yt, key=None, epochs=2, model_kwargs=TINY, hooks=None, **cfg
                               hooks=hooks, progress=False, num_classes=4, model_kwargs=model_kwargs)
 
 
+@pytest.mark.slow
 def test_max_pool_floor_matches_flax_max_pool(key):
     for h, w in [(8, 8), (9, 7), (31, 31)]:
         x = jax.random.normal(key, (2, h, w, 3))
@@ -68,6 +69,7 @@ def test_whitening_filters_whiten_the_patches():
     np.testing.assert_allclose(whitening_filters(x, chunk=7), whitening_filters(x, chunk=1000), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_convolutions_start_as_identity_on_their_first_channels(key):
     module = FastResNet(4, width=4)
     variables = module.init(key, jnp.zeros((1, 8, 8, 3)), train=False)
@@ -80,6 +82,7 @@ def test_convolutions_start_as_identity_on_their_first_channels(key):
 
 
 @pytest.mark.parametrize("shape", [(8, 8, 1), (28, 28, 1), (32, 32, 3), (9, 13, 2)])
+@pytest.mark.slow
 def test_any_input_shape_and_jit_matches_eager(shape, key):
     module = SPEC.build(5, width=4, depth=2)
     x = jax.random.uniform(key, (2, *shape))
@@ -99,6 +102,7 @@ def test_bad_width_or_depth_is_a_user_error():
         make_surrogate("fast-resnet", 4)
 
 
+@pytest.mark.slow
 def test_learns_and_is_deterministic_under_the_key():
     x, y = quadrants(64, 0)
     xt, yt = quadrants(64, 1)
@@ -113,6 +117,7 @@ def test_learns_and_is_deterministic_under_the_key():
     assert not np.array_equal(other.train_loss_curve, first.train_loss_curve)
 
 
+@pytest.mark.slow
 def test_whitening_is_fitted_to_the_data_and_stays_frozen():
     x, y = images(64)
     result = train(x, y, x, y, epochs=2, weight_decay=0.1)  # decay would move a frozen kernel too
@@ -128,6 +133,7 @@ def test_whitening_is_fitted_to_the_data_and_stays_frozen():
                                np.asarray(init[layer]["kernel"]))
 
 
+@pytest.mark.slow
 def test_norm_biases_get_a_scaled_learning_rate(key):
     module = SPEC.build(4, **TINY)
     params = module.init(key, jnp.zeros((1, 8, 8, 3)), train=False)["params"]
@@ -202,6 +208,7 @@ def test_flip_tta_averages_the_mirror_image(key):
     np.testing.assert_allclose(np.asarray(tta_logits(apply, x, "none")), np.asarray(apply(x)), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_tta_is_a_trainer_option_for_every_victim():
     x, y = quadrants(64, 0)
     xt, yt = quadrants(64, 1)
@@ -219,6 +226,7 @@ def test_tta_is_a_trainer_option_for_every_victim():
     assert TrainConfig().resolved(SPEC).tta == "flip" and TrainConfig().resolved(get_model("small-cnn")).tta == "none"
 
 
+@pytest.mark.slow
 def test_label_smoothing_is_the_configured_losss_alone():
     x, y = quadrants(64, 0)
     plain = train(x, y, x, y, epochs=1, label_smoothing=0.0)
@@ -237,6 +245,7 @@ def test_label_smoothing_is_the_configured_losss_alone():
 
 
 @pytest.mark.parametrize("name", list(BREAKERS))
+@pytest.mark.slow
 def test_every_breaker_composes_with_fast_resnet(name, key):
     x, y = images(32, seed=1)
     xt, yt = images(8, seed=2)

@@ -28,6 +28,7 @@ def tiny_run(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_writes_a_verified_poison_dir_within_budget(tiny_run):
     poisons = read_poison_dir(tiny_run)
     m = poisons.manifest
@@ -47,11 +48,13 @@ def test_writes_a_verified_poison_dir_within_budget(tiny_run):
     assert not (tiny_run / ".work").exists()
 
 
+@pytest.mark.slow
 def test_same_seed_same_output(tiny_run, tmp_path):
     assert main([*TINY, "--out", str(tmp_path / "again")]) == 0
     np.testing.assert_array_equal(read_poison_dir(tmp_path / "again").x, read_poison_dir(tiny_run).x)
 
 
+@pytest.mark.slow
 def test_resume_on_a_complete_dir_is_a_no_op(tiny_run, capsys):
     before = (tiny_run / "manifest.json").read_text()
     main([*TINY, "--out", str(tiny_run), "--resume"])
@@ -127,6 +130,7 @@ def test_parse_helpers():
         "depth": 3, "W_std": 1.5, "activation": "relu"}
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_identical_output(tmp_path, tiny_run):
     """SIGKILL mid-run, then --resume: the result equals an uninterrupted run."""
     out = tmp_path / "killed"
@@ -150,6 +154,7 @@ def test_killed_run_resumes_to_identical_output(tmp_path, tiny_run):
     assert len(manifest["blocks"]) == 3
 
 
+@pytest.mark.slow
 def test_the_summary_says_what_the_numbers_are_and_what_to_run_next(tmp_path, capsys):
     out = tmp_path / "o"
     assert main([*TINY, "--block-size", "20", "--out", str(out)]) == 0  # blocks of 20, 20 and 8 images

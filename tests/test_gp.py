@@ -104,6 +104,7 @@ def test_float32_stable_on_rank_deficient_kernel():
         assert rel_err(a32, a64) < 8 * np.finfo(np.float32).eps * f.max() / f.min(), t
 
 
+@pytest.mark.slow
 def test_gradient_matches_plain_expm_float64():
     rng = np.random.default_rng(5)
     k, y, w = jnp.asarray(spd(rng, 6)), jnp.asarray(labels(rng, 6, 3)), jnp.asarray(rng.normal(size=(6, 3)))
@@ -122,6 +123,7 @@ def test_check_grads_numerically():
 
 
 @pytest.mark.parametrize("eigenvalues", [[2.0] * 6, [1.0, 1.0, 1.0, 3.0, 3.0, 7.0], [0.5, 0.5, 0.5, 1.0, 1.0, 1.0]])
+@pytest.mark.slow
 def test_gradient_finite_and_exact_with_repeated_eigenvalues(eigenvalues):
     # Differentiating through eigh divides by l_i - l_j = 0 here; the divided differences do not.
     rng = np.random.default_rng(7)

@@ -109,6 +109,7 @@ def test_call_errors(key):
         kernels.make("cnn", padding="VALID", stride=1)(x)
 
 
+@pytest.mark.slow
 def test_fnn_flattens_any_example_shape(key):
     fnn = kernels.make("fnn")
     x1, x2 = _images(key, 3), _images(jax.random.fold_in(key, 1), 2)
@@ -146,6 +147,7 @@ def test_cross_kernel_swaps_to_transpose_and_matches_self(jitted, cid, seed):
 
 
 @pytest.mark.parametrize("cid", sorted(CONFIGS))
+@pytest.mark.slow
 def test_jit_matches_eager(jitted, cid, key):
     name, overrides = CONFIGS[cid]
     kf = kernels.make(name, **overrides)

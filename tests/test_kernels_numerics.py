@@ -30,6 +30,7 @@ def _ids(params):
 
 
 @pytest.mark.parametrize("params", RELU_AND_ERF, ids=_ids)
+@pytest.mark.slow
 def test_gradient_of_self_kernel_is_finite_and_exact(params, key):
     """d/dx sum(K(x, x) * w) is finite, and on the diagonal equals finite differences."""
     kf = kernels.make(params[0], **params[1])
@@ -75,6 +76,7 @@ def test_zero_variance_without_bias_is_finite(key):
 
 
 @pytest.mark.parametrize("params", RELU_AND_ERF[:3], ids=_ids)
+@pytest.mark.slow
 def test_cross_gradients_match_finite_differences(params, key):
     kf = kernels.make(params[0], **params[1])
     x1, x2 = _images(key, 2), _images(jax.random.fold_in(key, 3), 3)
@@ -85,6 +87,7 @@ def test_cross_gradients_match_finite_differences(params, key):
 
 
 @pytest.mark.parametrize("name", ["fnn", "cnn"])
+@pytest.mark.slow
 def test_chunked_equals_unchunked_values_and_gradients(name, key):
     kf = kernels.make(name)
     x1, x2 = _images(key, 3), _images(jax.random.fold_in(key, 1), 6)
@@ -154,6 +157,7 @@ def test_one_layer_closed_forms_against_numpy(key):
         np.testing.assert_allclose(got_ntk, ntk, rtol=1e-12)
 
 
+@pytest.mark.slow
 def test_cnn_nngp_matches_a_wide_random_network(key):
     """Monte Carlo: one SAME stride-2 conv + ReLU + Flatten + Dense with 8192 channels.
 

@@ -80,6 +80,7 @@ def _params():
 
 
 @pytest.mark.parametrize("case", _params())
+@pytest.mark.slow
 def test_matches_neural_tangents(case):
     fx = _fixture()
     kernel_fn = kernels.make(case["kernel"], **_overrides(case))

@@ -61,6 +61,7 @@ def test_loo_posterior_excludes_the_point_itself():
 
 @settings(max_examples=6, deadline=None)
 @given(st.sampled_from([3, 6]), st.sampled_from([0, 2]), st.floats(0.3, 3.0), st.integers(0, 10_000))
+@pytest.mark.slow
 def test_posteriors_match_the_formula_and_ignore_padding(m, pad, h, seed):
     rng = np.random.default_rng(seed)
     z = rng.normal(size=(m + pad, 3))
@@ -87,6 +88,7 @@ def test_smooth_max_surrogate_brackets_the_estimate():
 
 @settings(max_examples=4, deadline=None)
 @given(st.sampled_from([1, 3]), st.sampled_from([0.05, 8 / 255, 0.3]), st.integers(5, 14), st.integers(0, 3))
+@pytest.mark.slow
 def test_output_is_uint8_within_budget_with_labels_kept(channels, eps, n, seed):
     x, y = _two_class_images(n, channels, seed)
     out, config = _protect(x, y, jax.random.key(seed), eps=eps, steps=1, block_size=4, reference_size=6)
@@ -95,6 +97,7 @@ def test_output_is_uint8_within_budget_with_labels_kept(channels, eps, n, seed):
     check_budget(x, out.x, config.eps, "linf")
 
 
+@pytest.mark.slow
 def test_same_key_same_output_other_key_other_reference(key):
     x, y = _two_class_images(24, 1)
     a, _ = _protect(x, y, key, steps=3, block_size=4, reference_size=6)
@@ -105,6 +108,7 @@ def test_same_key_same_output_other_key_other_reference(key):
     assert not np.array_equal(a.x, c.x)
 
 
+@pytest.mark.slow
 def test_raises_the_bayes_error_estimate_above_clean_and_random_noise(key):
     x, y = _two_class_images(32, 1)
     out, config = _protect(x, y, key, steps=5)
@@ -126,6 +130,7 @@ def test_reference_rows_skip_the_block_and_reach_the_clean_rest(key):
     np.testing.assert_array_equal(rows, _reference_rows(30, 4, 8, 20, key))
 
 
+@pytest.mark.slow
 def test_clean_rest_changes_the_result(key):
     # --fraction < 1: the images that stay clean are neighbours in the estimate.
     x, y = _two_class_images(24, 1)
@@ -168,6 +173,7 @@ def test_resume_reuses_finished_blocks(tmp_path, key):
     np.testing.assert_array_equal(fresh.x, first.x)
 
 
+@pytest.mark.slow
 def test_random_network_features(key):
     x, y = _two_class_images(10, 3)
     phi = est.make_feature_fn("fnn-relu", x, 2, key)
@@ -197,6 +203,7 @@ def test_needs_two_images(key):
         _protect(x, y, key)
 
 
+@pytest.mark.slow
 def test_cli_writes_a_readable_poison_directory(tmp_path):
     out = tmp_path / "beo"
     main(["--dataset", "digits", "--train-size", "60", "--target-size", "10", "--no-progress",

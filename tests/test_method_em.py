@@ -53,6 +53,7 @@ def _checkpoint_state(path, k=K, channels=1, width=2):
 
 @settings(max_examples=6, deadline=None)
 @given(seed=st.integers(0, 10_000), eps=st.sampled_from([0.05, 8 / 255, 0.3, 1.0]))
+@pytest.mark.slow
 def test_output_is_uint8_of_the_input_shape_within_the_budget(seed, eps):
     x, y = _data(seed)
     out = _run(x, y, jax.random.key(seed), eps=eps)
@@ -86,6 +87,7 @@ def test_error_minimizing_noise_lowers_the_surrogate_loss_below_random_noise(tmp
     assert loss_em < 0.6 * loss_random, (loss_em, loss_random)
 
 
+@pytest.mark.slow
 def test_class_wise_noise_is_one_pattern_per_class(key):
     # Mid-grey images and a small budget: no pixel saturates, so the stored change is the class's pattern.
     x, y = _data(3, channels=3, k=3, lo=100, hi=156)
@@ -185,6 +187,7 @@ def test_padded_batches_cover_every_row_once():
         padded_batches(0, 4)
 
 
+@pytest.mark.slow
 def test_surrogate_trains_checkpoints_and_refuses_foreign_state(key):
     x = jax.random.uniform(key, (8, 8, 8, 1), jnp.float32)
     y = jnp.arange(8) % 2

@@ -79,6 +79,7 @@ def test_checkpoints_are_evenly_spaced_like_the_paper():
 
 
 @pytest.mark.parametrize("name, kwargs", [("small-cnn", {"width": 4}), ("fnn-relu", {"width": 8, "depth": 2})])
+@pytest.mark.slow
 def test_readout_features_are_the_input_of_the_readout(name, kwargs):
     module = get_model(name).build(3, **kwargs)
     x = jax.random.normal(jax.random.key(1), (2, 8, 8, 1), jnp.float32)
@@ -90,6 +91,7 @@ def test_readout_features_are_the_input_of_the_readout(name, kwargs):
     np.testing.assert_allclose(feats @ readout["kernel"] + readout["bias"][None, :], logits, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_protect_is_deterministic_budgeted_and_moves_towards_the_target(tmp_path, key):
     cfg = _config()
     task = _task(workdir=tmp_path)
@@ -108,6 +110,7 @@ def test_protect_is_deterministic_budgeted_and_moves_towards_the_target(tmp_path
     assert a.info["poisons_predicted_as_target"] > 0.5
 
 
+@pytest.mark.slow
 def test_feature_alignment_with_variance_reduction_pulls_features_to_the_target_centre(tmp_path, key):
     cfg = _config("feature_alignment=true", "vr_inner_steps=2", "normalize_grads=true")
     task = _task(workdir=tmp_path)
@@ -194,6 +197,7 @@ def test_settings_that_do_not_fit_the_data_are_refused(key):
         SPEC.protect(_task(), _config("checkpoints=7"), key)
 
 
+@pytest.mark.slow
 def test_cli_writes_a_budgeted_poison_dir(tmp_path):
     out = tmp_path / "s"
     argv = [*TINY, "--method", "sep", "--eps", "8/255", *[a for o in OPTS for a in ("--method-opt", o)]]

@@ -45,6 +45,7 @@ def _delta(task: ProtectTask, out) -> np.ndarray:
 @settings(max_examples=6, deadline=None)
 @given(method=st.sampled_from(["lsp", "ar"]), channels=st.sampled_from([1, 3]), norm=st.sampled_from(["l2", "linf"]),
        eps=st.sampled_from([None, 0.25, 0.5]), seed=st.integers(0, 3))
+@pytest.mark.slow
 def test_lsp_and_ar_stay_within_the_declared_budget(method, channels, norm, eps, seed):
     task = _task(channels, seed=seed)
     out, config = _run(method, task, jax.random.key(seed), eps=eps, norm=norm)
@@ -185,6 +186,7 @@ def test_ops_finds_a_planted_pixel_and_never_reuses_a_pair():
 # ----------------------------------------------------------------------------- ar
 
 
+@pytest.mark.slow
 def test_ar_scan_matches_a_plain_raster_loop(key):
     coeffs = ar_process.random_coefficients(key, 2, 2, 3)
     start = np.asarray(jax.random.normal(jax.random.fold_in(key, 1), (2, 2, 7, 6)))
@@ -228,6 +230,7 @@ def test_ar_noise_is_predicted_by_its_own_class_filter_only(key):
 
 @pytest.mark.parametrize("name, flags", [("lsp", []), ("lsp", ["--norm", "linf", "--eps", "16/255"]),
                                          ("ops", []), ("ar", [])])
+@pytest.mark.slow
 def test_cli_writes_a_loadable_poison_directory(tmp_path, name, flags):
     out = tmp_path / name
     assert main([*TINY, "--method", name, *flags, "--out", str(out)]) == 0

@@ -88,6 +88,7 @@ def test_fraction_choice_depends_on_the_seed_and_is_validated():
             select_protected(y, 4, bad, 0)
 
 
+@pytest.mark.slow
 def test_random_class_wise_with_fraction_through_the_cli(tmp_path):
     out = tmp_path / "p"
     assert main([*TINY, "--method", "random", "--method-opt", "noise=class-wise", "--fraction", "0.5",
@@ -149,6 +150,7 @@ def test_list_opts_prints_settings_and_needs_no_out(capsys):
     assert "noise = 'sample-wise'" in text and "eps = None" in text
 
 
+@pytest.mark.slow
 def test_ntga_is_a_method_of_the_registry_like_the_others(tmp_path, capsys):
     spec = get_method("ntga")
     assert spec.block_wise and get_method("beo").block_wise and not get_method("em").block_wise
@@ -166,6 +168,7 @@ def test_ntga_is_a_method_of_the_registry_like_the_others(tmp_path, capsys):
     assert a.manifest["budget_norm"] == "linf" and "gp_target_acc_poisoned_mean" in a.manifest
 
 
+@pytest.mark.slow
 def test_ntga_with_fraction_leaves_the_other_rows_clean(tmp_path):
     out = tmp_path / "n"
     main([*TINY, "--fraction", "0.2", "--steps", "2", "--out", str(out)])
@@ -203,6 +206,7 @@ def test_resume_of_a_finished_directory_made_with_other_settings_is_refused(tmp_
         main([*TINY, "--method", "random", "--eps", "0.1", "--out", str(out), "--resume"])
 
 
+@pytest.mark.slow
 def test_ntga_resume_of_a_finished_directory_checks_the_settings(tmp_path):
     out = tmp_path / "n"
     main([*TINY, "--steps", "1", "--out", str(out)])

@@ -40,6 +40,7 @@ def test_registry_names_match_the_cli_contract():
 
 @pytest.mark.parametrize("name", list(MODELS))
 @pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.slow
 def test_forward_gives_logits_per_class(name, channels, key):
     spec = get_model(name)
     module = spec.build(num_classes=5, **TINY[name])
@@ -101,6 +102,7 @@ def test_default_recipes_follow_the_reference():
             "sgd", 0.1, 0.9, 5e-4, "cosine", True)
 
 
+@pytest.mark.slow
 def test_jit_and_eager_agree(key):
     module = get_model("small-cnn").build(3, width=4)
     x = jax.random.uniform(key, (2, 9, 11, 3), jnp.float32)

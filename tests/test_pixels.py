@@ -73,6 +73,7 @@ budgets = st.one_of(
 @settings(max_examples=30, deadline=None)
 @given(budget=budgets, steps=st.integers(1, 6), seed=st.integers(0, 2**31 - 1), on_grid=st.booleans(),
        use_random_start=st.booleans(), dtype=st.sampled_from([np.float32, np.float64]))
+@pytest.mark.slow
 def test_pgd_iterates_and_rounding_stay_in_budget(budget, steps, seed, on_grid, use_random_start, dtype):
     norm, eps = budget
     config = AttackConfig(eps=eps, norm=norm, steps=steps)
@@ -246,6 +247,7 @@ def test_steps_and_floors_reproduce_the_expressions_they_replaced(dtype):
                                   jnp.clip(d, -0.1, 0.1))
 
 
+@pytest.mark.slow
 def test_random_delta_reproduces_the_draws_it_replaced(key):
     shape, eps = (3, 4, 4, 2), 0.2
     np.testing.assert_array_equal(random_delta(key, shape, jnp.float32, eps, "linf"),

@@ -26,6 +26,7 @@ def runs(tmp_path_factory):
     return base
 
 
+@pytest.mark.slow
 def test_every_image_is_protected_and_the_first_pass_is_the_standard_run(runs):
     standard, every = read_poison_dir(runs / "standard"), read_poison_dir(runs / "all")
     assert every.x.shape == (78, 8, 8, 1) and every.protected_positions is None
@@ -42,6 +43,7 @@ def test_every_image_is_protected_and_the_first_pass_is_the_standard_run(runs):
     assert (changed > 0).all()
 
 
+@pytest.mark.slow
 def test_manifest_describes_the_second_pass(runs):
     m = json.loads((runs / "all" / "manifest.json").read_text())
     assert m["protect_targets"] is True and m["target_size"] == 0 and m["num_poisoned"] == 78
@@ -53,6 +55,7 @@ def test_manifest_describes_the_second_pass(runs):
     assert standard["protect_targets"] is False and standard["target_size"] == 30
 
 
+@pytest.mark.slow
 def test_sharded_and_resumed_two_pass_run_equals_the_plain_one(runs, tmp_path):
     out = tmp_path / "sharded"
     assert main([*TINY, "--protect-targets", "--shard", "1/2", "--out", str(out)]) == 0
@@ -72,6 +75,7 @@ def test_a_method_without_targets_protects_the_target_set_in_one_pass(tmp_path):
     assert "target_pass" not in poisons.manifest and poisons.manifest["num_poisoned"] == len(positions)
 
 
+@pytest.mark.slow
 def test_refusals(tmp_path, runs):
     with pytest.raises(UserInputError, match="--protect-targets: this split holds no target set out"):
         main([*TINY[:4], "--target-size", "0", "--protect-targets", "--out", str(tmp_path / "a")])

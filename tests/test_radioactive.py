@@ -138,6 +138,7 @@ def _mark(task, key, **options):
 
 
 @pytest.mark.parametrize("eps,channels", [("1/255", 1), ("10/255", 3), (None, 1)])
+@pytest.mark.slow
 def test_marking_is_uint8_within_the_budget_with_psnr_in_the_key(key, eps, channels):
     task = _task(channels=channels)
     # steps of eps each, so even 4 steps move pixels by whole uint8 levels
@@ -163,6 +164,7 @@ def test_defaults_are_the_papers_with_the_stated_grey_budget():
     assert colour.augment == "crop-flip" and grey.augment == "crop"
 
 
+@pytest.mark.slow
 def test_same_secret_and_key_give_the_same_bytes_other_secret_other_carriers(key):
     a, _ = _mark(_task(), key)
     b, _ = _mark(_task(), key)
@@ -174,6 +176,7 @@ def test_same_secret_and_key_give_the_same_bytes_other_secret_other_carriers(key
     np.testing.assert_allclose(norms, 1.0)
 
 
+@pytest.mark.slow
 def test_the_marking_network_is_cached_by_content_and_secret(key, capsys):
     _mark(_task(seed=5), key)
     first = capsys.readouterr().out
@@ -244,6 +247,7 @@ def test_key_out_may_not_be_published_with_the_poisons(tmp_path):
     assert check_key_out(tmp_path / "k", tmp_path / "p") == tmp_path / "k"
 
 
+@pytest.mark.slow
 def test_saved_model_round_trip(tmp_path, key):
     from ntga.models import get_model
     from ntga.train.core import init_variables
@@ -272,6 +276,7 @@ def test_saved_model_round_trip(tmp_path, key):
     (lambda m: m.pop("mean"), "cannot read the saved model"),
     (lambda m: m.update(std=[0.0]), "positive stds"),
 ])
+@pytest.mark.slow
 def test_a_damaged_model_json_is_one_clear_error(tmp_path, key, edit, match):
     from ntga.models import get_model
     from ntga.train.core import init_variables
@@ -305,6 +310,7 @@ def test_saved_model_logits_apply_the_recipes_test_time_flip(tmp_path, key):
     np.testing.assert_allclose(load_model(tmp_path / "flip").logits(x), flipped, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_white_box_finds_a_classifier_built_on_the_carriers(tmp_path, key):
     out, _ = _mark(_task(n=16), key)
     path = write_key(out.secret, tmp_path / "key")
@@ -358,6 +364,7 @@ def _detect(argv, capsys):
     return done.value.code, captured.out, captured.err
 
 
+@pytest.mark.slow
 def test_end_to_end_mark_train_detect(marked_digits, capsys):
     root = marked_digits
     manifest = json.loads((root / "poisons" / "manifest.json").read_text())
@@ -385,6 +392,7 @@ def test_end_to_end_mark_train_detect(marked_digits, capsys):
     assert results["clean", "black-box"]["log10_p"] > -1.3
 
 
+@pytest.mark.slow
 def test_detect_refuses_a_model_of_other_classes_in_one_line(marked_digits, tmp_path, capsys, key):
     from ntga.models import get_model
     from ntga.train.core import init_variables
@@ -403,6 +411,7 @@ def test_detect_refuses_a_model_of_other_classes_in_one_line(marked_digits, tmp_
     assert code == 2 and "8x8x1" in err and "16x16x1" in err
 
 
+@pytest.mark.slow
 def test_export_never_contains_key_material(marked_digits, tmp_path, capsys):
     from ntga.errors import run_cli
     from ntga.export import main as export_main
@@ -442,6 +451,7 @@ def _generate(argv):
     return done.value.code
 
 
+@pytest.mark.slow
 def test_a_fraction_run_publishes_nothing_that_says_which_rows_are_marked(tmp_path, capsys):
     from ntga.errors import run_cli
     from ntga.export import main as export_main
@@ -488,6 +498,7 @@ def test_a_fraction_run_publishes_nothing_that_says_which_rows_are_marked(tmp_pa
         detect_main([*argv, "--truth", str(tmp_path / "k2"), "--out", str(tmp_path / "det3")])
 
 
+@pytest.mark.slow
 def test_resume_finishes_after_the_key_was_written_and_then_has_nothing_to_do(tmp_path, monkeypatch, capsys):
     import ntga.run.driver as driver
 
@@ -530,3 +541,13 @@ def test_generate_refuses_an_out_inside_a_key_directory(tmp_path, capsys):
     err = capsys.readouterr().err
     assert done.value.code == 2 and "inside the private key directory" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "k" / "p").exists()
+
+
+def test_detect_cli_names_a_folder_that_is_not_a_key(tmp_path):
+    from ntga.detect import main as detect_main
+
+    (tmp_path / "model").mkdir()
+    with pytest.raises(UserInputError, match="key"):
+        detect_main(["--key", str(tmp_path / "nokey"), "--model", str(tmp_path / "model")])
+    with pytest.raises(UserInputError, match="--num-images must be >= 1"):
+        detect_main(["--key", str(tmp_path), "--model", str(tmp_path / "model"), "--num-images", "0"])

@@ -217,6 +217,7 @@ def test_shards_share_a_directory_but_a_shard_runs_once(tmp_path):
             outdir.RunLocks(tmp_path, (0, 1)).__enter__()  # an unsharded run
 
 
+@pytest.mark.slow
 def test_a_refused_shard_never_deletes_another_shards_work(tmp_path, capsys):
     out = tmp_path / "sh"
     assert generate_main([*TINY, "--shard", "1/2", "--out", str(out)]) == 0
@@ -230,6 +231,7 @@ def test_a_refused_shard_never_deletes_another_shards_work(tmp_path, capsys):
     read_poison_dir(out)
 
 
+@pytest.mark.slow
 def test_a_late_shard_never_rewrites_a_finished_directory(tmp_path, monkeypatch, capsys):
     """Process B reaches assembly after process A completed the directory: B leaves it alone."""
     from ntga.run.blocks import BlockRunner
@@ -522,6 +524,7 @@ def test_a_full_disk_during_export_gives_one_error_line_and_no_partial_folder(po
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # neither dest nor a hidden partial folder
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_drawing_figures_keeps_the_results(poison_dir, tmp_path, capsys, monkeypatch):
     from defenses.evaluation import figures
 

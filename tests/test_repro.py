@@ -53,6 +53,7 @@ EVALUATE = ["--model", "fnn-relu", "--model-opt", "width=128", "--epochs", "15",
 
 
 @pytest.mark.repro
+@pytest.mark.slow
 def test_ntga_poison_drops_accuracy_and_bit_depth_reduction_recovers_it(tmp_path):
     poisons = tmp_path / "poisons"
     assert generate_main([*GENERATE, "--out", str(poisons)]) == 0

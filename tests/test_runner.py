@@ -180,6 +180,7 @@ MULTI_DEVICE_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_two_devices_give_the_same_output_as_one(tmp_path):
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
     script = MULTI_DEVICE_SCRIPT.format(tests=os.path.dirname(__file__), out1=str(tmp_path / "one"),

@@ -77,11 +77,13 @@ def test_deterministic_under_the_key(baseline):
     assert not np.array_equal(other.train_loss_curve, baseline.train_loss_curve)
 
 
+@pytest.mark.slow
 def test_uint8_and_unit_float_images_train_alike(baseline):
     floats = run("small-cnn", x=X_TRAIN.astype(np.float32) / 255)
     np.testing.assert_allclose(floats.train_loss_curve, baseline.train_loss_curve, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_zeroing_hook_makes_learning_impossible():
     zero = TrainHooks(batch_transform=lambda key, x, y: (jnp.zeros_like(x), y))
     r = run("small-cnn", hooks=zero)
@@ -109,6 +111,7 @@ def test_soft_labels_and_loss_override():
     assert r.test_acc_curve[0] == r.test_acc_curve[1]
 
 
+@pytest.mark.slow
 def test_adversarial_hook_gets_a_differentiable_training_loss(key):
     """One jitted step; the hook reports concrete values through a debug callback."""
     spec, cfg = get_model("fnn-relu"), TrainConfig(batch_size=8).resolved(get_model("fnn-relu"))
@@ -155,6 +158,7 @@ def test_compose_hooks_refuses_two_losses_or_adversaries_in_any_phase_naming_the
     assert one_each.loss_fn is loss.loss_fn and one_each.adversarial is attack.adversarial
 
 
+@pytest.mark.slow
 def test_many_seeds_vmap_matches_single_runs():
     keys = jax.random.split(jax.random.key(3), 2)
     config = TrainConfig(epochs=2, batch_size=16, eval_every=2)
