@@ -134,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="[radioactive] required: a new private folder, outside --out, for the secret key "
                    "(carriers, marking network, marked images) that `python -m ntga.detect --key DIR` needs; "
                    "never published, the poison directory records only its sha256")
+    p.add_argument("--same-secret-as", default=None, metavar="KEY_DIR",
+                   help="[radioactive] mark with the secret of an existing key (same carriers and marking "
+                   "network, which is then not retrained): several marked releases that one detection covers; "
+                   "the new key still goes to --key-out")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--shard", default=None, metavar="K/N",
                    help="block-wise methods (ntga, beo): process only blocks i with i %% N == K-1 (one "

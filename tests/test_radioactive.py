@@ -551,3 +551,17 @@ def test_detect_cli_names_a_folder_that_is_not_a_key(tmp_path):
         detect_main(["--key", str(tmp_path / "nokey"), "--model", str(tmp_path / "model")])
     with pytest.raises(UserInputError, match="--num-images must be >= 1"):
         detect_main(["--key", str(tmp_path), "--model", str(tmp_path / "model"), "--num-images", "0"])
+
+
+def test_a_second_release_marked_with_the_same_secret_reuses_carriers_and_network(tmp_path, capsys):
+    assert _generate(["--fraction", "0.5", "--out", str(tmp_path / "p1"), "--key-out", str(tmp_path / "k1")]) == 0
+    capsys.readouterr()
+    assert _generate(["--fraction", "0.25", "--same-secret-as", str(tmp_path / "k1"), "--out", str(tmp_path / "p2"),
+                      "--key-out", str(tmp_path / "k2")]) == 0
+    assert "loaded from the cache" in capsys.readouterr().out  # not retrained
+    k1, k2 = read_key(tmp_path / "k1"), read_key(tmp_path / "k2")
+    assert k1.secret == k2.secret and np.array_equal(k1.carriers, k2.carriers) and k1.hash == k2.hash
+    assert len(k1.positions) == 30 and 0 < len(k2.positions) < 30
+    assert _generate(["--same-secret-as", str(tmp_path / "nokey"), "--out", str(tmp_path / "p3"),
+                      "--key-out", str(tmp_path / "k3")]) == 2
+    assert "key" in capsys.readouterr().err

@@ -39,14 +39,19 @@ res=experiments/radioactive/$name
 runs=runs/radioactive-$name
 keys=runs/radioactive-$name-keys
 mkdir -p "$res" "$runs" "$keys"
+first=""
 for f in $fractions; do
   poisons=$runs/f$f; key=$keys/f$f; out=$res/f$f; rest=$runs/rest-f$f.npz
+  # Every fraction after the first is marked with the first one's secret (--same-secret-as): the
+  # same carriers, and the marking network is trained once and then loaded from the cache.
+  same=(); [ -n "$first" ] && same=(--same-secret-as "$keys/f$first")
+  [ -z "$first" ] && first=$f
   if [ ! -f "$poisons/manifest.json" ]; then
     # The key is written BEFORE the poison directory: an interrupted generation may leave a work
     # folder, a key, or both. --resume continues either (it reuses a key of these settings).
     resume=(); { [ -e "$poisons" ] || [ -e "$key" ]; } && resume=(--resume)
     python -m ntga.generate --dataset "$dataset" "${size[@]}" --seed "$seed" --method "$mark" --fraction "$f" \
-      --no-progress --out "$poisons" --key-out "$key" "${resume[@]}"
+      --no-progress --out "$poisons" --key-out "$key" "${same[@]}" "${resume[@]}"
   fi
   resume=(); [ -f "$out/eval/results.json" ] && resume=(--resume)
   if [ ! -f "$out/eval/accuracy_curves.png" ]; then

@@ -48,6 +48,8 @@ paper is the identity here (images are not resized).
 
 from __future__ import annotations
 
+import hashlib
+
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -203,13 +205,25 @@ def psnr(x_clean: np.ndarray, x_marked: np.ndarray) -> np.ndarray:
         return 10.0 * np.log10(255.0 ** 2 / mse)
 
 
+def _canonical_order(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The owner's clean images in an order that depends only on the set of them.
+
+    The task lists the marked rows first, so the order (and hence the trained marking
+    network) would change with --fraction; sorting by each image's digest makes releases
+    marked with one secret (``--same-secret-as``) share one network, trained once.
+    """
+    digests = np.array([hashlib.sha256(img.tobytes() + int(label).to_bytes(8, "little")).digest()
+                        for img, label in zip(x, y)], dtype="S32")
+    order = np.argsort(digests, kind="stable")
+    return x[order], y[order]
+
+
 def protect_radioactive(task: ProtectTask, config: RadioactiveConfig, key: jax.Array) -> Protected:
     """Marks ``task.x`` (see the module docstring); the key goes to ``task.secret_out`` via ``Protected.secret``."""
     n, k = len(task.x), task.num_classes
     k_net, k_mark = jax.random.split(key)
     secret = task.secret if task.secret is not None else new_secret()
-    x_clean = np.concatenate([task.x, task.x_rest]) if len(task.x_rest) else task.x
-    y_clean = np.concatenate([task.y, task.y_rest]) if len(task.y_rest) else task.y
+    x_clean, y_clean = _canonical_order(np.concatenate([task.x, task.x_rest]), np.concatenate([task.y, task.y_rest]))
     options = {} if config.marker_width is None else {"width": config.marker_width}
     train_cfg = TrainConfig(epochs=config.marker_epochs, batch_size=config.marker_batch_size)
     names = task.class_names or tuple(str(i) for i in range(k))

@@ -397,7 +397,21 @@ def generate_from_args(args: argparse.Namespace, spec: MethodSpec, config: Any) 
     check_shard(spec, shard)
     refuse_out_in_key(args.out)  # before the data is loaded
     check_secret_out(spec, args.key_out, args.out, args.resume)
+    secret = _secret_of(spec, args.same_secret_as)
     fraction = check_fraction(parse_fraction(args.fraction, "--fraction"))
     split = split_from_args(args)
     return generate(split, spec, config, args.out, seed=args.seed, fraction=fraction, resume=args.resume,
-                    shard=shard, progress=not args.no_progress, protect_targets=args.protect_targets, key_out=args.key_out)
+                    shard=shard, progress=not args.no_progress, protect_targets=args.protect_targets,
+                    key_out=args.key_out, secret=secret)
+
+
+def _secret_of(spec: MethodSpec, key_dir: str | None) -> bytes | None:
+    """``--same-secret-as KEY_DIR``: the secret of an existing (verified) key, for a method with a secret."""
+    if key_dir is None:
+        return None
+    if not spec.secret_output:
+        raise UserInputError(f"--same-secret-as applies to methods with a private key (radioactive), "
+                             f"not to --method {spec.name}")
+    from ntga.marking.key import read_key
+
+    return read_key(key_dir).secret
