@@ -24,7 +24,7 @@ from typing import Any, Mapping, Sequence
 
 from ntga.data import add_dataset_args
 from ntga.errors import UserInputError, run_cli
-from ntga.options import describe_options, parse_assignment, parse_number, parse_spec, split_kind, typed_items
+from ntga.options import describe_options, merge_assignments, parse_number, parse_spec, split_kind, typed_items
 
 from ntga.methods import METHOD_NAMES as METHODS
 
@@ -59,12 +59,7 @@ def parse_kernel_opts(items: Sequence[str], kernel: str = "fnn",
     """
     from ntga.kernels import kernel_options
 
-    raw = dict(given or {})
-    for item in items:
-        key, text = parse_assignment(item, "--kernel-opt", "depth=3")
-        if key in (given or {}):
-            raise UserInputError(f"kernel option {key!r} is given both in --kernel and in --kernel-opt")
-        raw[key] = text
+    raw = merge_assignments(given or {}, items, "--kernel-opt", "--kernel", "depth=3", what="kernel option")
     return typed_items(kernel_options(kernel), raw, f"--kernel {kernel}")
 
 
@@ -196,12 +191,8 @@ def config_from_args(args: argparse.Namespace, spec, method_items: Mapping[str, 
         ntga_flags["kernel"] = kernel
         if args.kernel_opt is not None or kernel_items:
             ntga_flags["kernel_overrides"] = parse_kernel_opts(args.kernel_opt or [], kernel or "fnn", kernel_items)
-    items = dict(method_items or {})
-    for item in args.method_opt:
-        key, text = parse_assignment(item, "--method-opt", "steps=20")
-        if key in (method_items or {}):
-            raise UserInputError(f"setting {key!r} is given both in --method and in --method-opt")
-        items[key] = text
+    items = merge_assignments(method_items or {}, args.method_opt, "--method-opt", "--method", "steps=20",
+                              what="setting")
     return config_from_options(
         spec, items,
         eps=None if args.eps is None else parse_fraction(args.eps, "--eps"),

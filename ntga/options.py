@@ -63,6 +63,22 @@ def _key(text: str, where: str, example: str) -> str:
     return key.replace("-", "_")
 
 
+def merge_assignments(spec_items: Mapping[str, str], assignments: Iterable[str], flag: str, spec_flag: str,
+                      example: str, what: str = "option") -> dict[str, str]:
+    """The raw options of a ``NAME@...`` spec plus repeated ``flag KEY=VALUE`` ones (e.g. --method-opt).
+
+    Raises:
+      UserInputError: a malformed assignment, or a key given both in ``spec_flag`` and in ``flag``.
+    """
+    merged = dict(spec_items)
+    for item in assignments:
+        key, text = parse_assignment(item, flag, example)
+        if key in spec_items:
+            raise UserInputError(f"{what} {key!r} is given both in {spec_flag} and in {flag}")
+        merged[key] = text
+    return merged
+
+
 def parse_spec(text: str, where: str = "option", example: str = "name@key=value,key=value"
                ) -> tuple[str, dict[str, str]]:
     """Splits ``name@key=value,key=value`` into the name and the raw option texts.
@@ -314,6 +330,11 @@ def config_from_items(config_type: type[T], items: Mapping[str, str], where: str
 # ----------------------------------------------------------------------------- lookup and help
 
 
+def invalid_choice(what: str, value: Any, accepted: Iterable[Any]) -> UserInputError:
+    """The error for a setting outside its fixed set of values: ``what='x' is invalid; accepted: a, b``."""
+    return UserInputError(f"{what}={value!r} is invalid; accepted: {', '.join(map(str, accepted))}")
+
+
 def check_choice(what: str, value: T, accepted: Iterable[Any]) -> T:
     """``value`` if it is one of ``accepted``, else one clear error: ``what='x' is invalid; accepted: a, b``.
 
@@ -326,7 +347,7 @@ def check_choice(what: str, value: T, accepted: Iterable[Any]) -> T:
     except TypeError:  # an unhashable or incomparable value is simply not one of them
         known = False
     if not known:
-        raise UserInputError(f"{what}={value!r} is invalid; accepted: {', '.join(map(str, accepted))}")
+        raise invalid_choice(what, value, accepted)
     return value
 
 
@@ -430,6 +451,6 @@ def describe_options(source: Any, title: str, doc: str | None = None, note: str 
     return "\n".join(lines) + ("\n\n" + prose if prose else "")
 
 
-__all__ = ["OptionField", "check_choice", "check_keys", "coerce", "config_from_items", "describe_options",
+__all__ = ["OptionField", "check_choice", "check_keys", "invalid_choice", "merge_assignments", "coerce", "config_from_items", "describe_options",
            "docstring_fields", "format_spec", "lookup", "option_fields", "plain_text", "parse_assignment", "parse_number", "parse_spec", "split_kind", "split_specs",
            "typed_items"]

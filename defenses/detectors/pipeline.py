@@ -11,7 +11,6 @@ then the metrics, figures and summary.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -24,6 +23,7 @@ from ntga.data import is_dataset_spec, load_dataset, make_split
 from ntga.data.limits import DecodeLimits
 from ntga.errors import UserInputError
 from ntga.poisondir import read_poison_dir
+from ntga.run.fingerprint import array_sha256
 
 from . import report
 from .metrics import auroc, average_precision
@@ -54,10 +54,6 @@ class Source:
     positions: np.ndarray | None
     rows: np.ndarray | None
     identity: dict[str, Any]
-
-
-def _sha(a: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
 
 
 def load_source(source: str, *, train_size: int | None = None, seed: int = 0, cache_dir=None,
@@ -97,7 +93,7 @@ def load_source(source: str, *, train_size: int | None = None, seed: int = 0, ca
             np.asarray(make_split(ds, train_size=train_size, target_size=0, seed=seed).train_idx, np.int64))
     x, y = ds.x_train[rows], np.asarray(ds.y_train[rows], np.int64)
     return Source(x=x, y=y, num_classes=ds.num_classes, kind="dataset", what=ds.spec, positions=None, rows=rows,
-                  identity={"dataset_content_hash": ds.content_hash, "rows_sha256": _sha(rows)})
+                  identity={"dataset_content_hash": ds.content_hash, "rows_sha256": array_sha256(rows)})
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,7 +20,6 @@ are never altered by any breaker.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from ntga.data.load import is_dataset_spec
 from ntga.data.limits import DecodeLimits
 from ntga.errors import UserInputError
 from ntga.pixels import check_images, to_float, to_uint8
+from ntga.run.fingerprint import array_sha256
 from ntga.poisondir import X_FILE, Y_FILE, PoisonSet, read_poison_dir
 
 # Generation settings worth repeating next to the results (when present in a manifest).
@@ -84,7 +84,7 @@ class EvalData:
 
 def digest(a: np.ndarray) -> str:
     """sha256 of an index array's int64 bytes (identifies a subset independently of paths)."""
-    return hashlib.sha256(np.ascontiguousarray(np.asarray(a, np.int64)).tobytes()).hexdigest()
+    return array_sha256(np.asarray(a, np.int64))
 
 
 def _test_split(ds: Dataset, test_size: int | None, seed: int) -> np.ndarray:
@@ -327,8 +327,8 @@ def load_foreign_poisons(source: str, *, dataset: str | None, test_size: int | N
         "mode": "poisons",
         "poisons_source": "external",
         "dataset_content_hash": ds.content_hash,
-        "poison_x_sha256": hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest(),
-        "poison_y_sha256": hashlib.sha256(np.ascontiguousarray(y).tobytes()).hexdigest(),
+        "poison_x_sha256": array_sha256(x),
+        "poison_y_sha256": array_sha256(y),
         "train_indices_sha256": digest(split.train_idx),
         "test_indices_sha256": digest(split.test_idx),
     }

@@ -9,7 +9,6 @@ writes the figures and the complete report.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import re
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -19,6 +18,7 @@ import numpy as np
 
 from ntga.models import get_model
 from ntga.models.saved import save_model
+from ntga.run.fingerprint import array_sha256
 from ntga.train import TrainConfig, TrainResult
 from ntga import atomic, outdir
 from ntga.errors import UserInputError
@@ -165,7 +165,7 @@ def save_victim(where: Path, data: EvalData, victim: Victim, condition: Conditio
     spec = get_model(victim.name)
     cfg = victim.config.resolved(spec)
     fingerprint = {**data.identity, "condition": condition.id,
-                   "train_images_sha256": hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest(),
+                   "train_images_sha256": array_sha256(x),
                    "num_train_images": int(len(x)), "dataset": data.describe.get("dataset")}
     return save_model(where, model=victim.name, options=victim.opts, num_classes=data.num_classes,
                       class_names=data.dataset.class_names, input_shape=data.image_shape,

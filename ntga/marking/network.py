@@ -48,6 +48,7 @@ from ntga.data.cache import resolve_cache_dir
 from ntga.methods.surrogate import readout_features, readout_layer
 from ntga.models import get_model
 from ntga.models.saved import SavedModel, load_model, module_overrides, save_model
+from ntga.run.fingerprint import array_sha256
 from ntga.train import TrainConfig, train_and_evaluate
 
 CACHE_KIND = "marking-nets"
@@ -137,7 +138,7 @@ def train_marking_net(model: str, options: Mapping[str, Any], config: TrainConfi
                                 num_classes=num_classes, model_kwargs=module_overrides(options))
     resolved = config.resolved(get_model(model))
     fingerprint = {"content_hash": digest, "num_train_images": int(len(x)),
-                   "train_images_sha256": hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()}
+                   "train_images_sha256": array_sha256(x)}
     extra = {"eval_acc": float(result.final_test_acc), "eval_on": eval_on, "role": "radioactive marking network"}
 
     def save(path: Path) -> Path:

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from ntga.errors import UserInputError
-from ntga.options import check_choice
+from ntga.options import check_choice, invalid_choice
 from ntga.pixels._convert import _xp
 
 __all__ = [
@@ -33,11 +33,7 @@ NORMS = ("linf", "l2")
 
 def unknown_norm(norm) -> UserInputError:
     """The error for a norm outside :data:`NORMS` (for the caller to raise)."""
-    try:
-        check_choice("norm", norm, NORMS)
-    except UserInputError as err:
-        return err
-    raise ValueError(f"unknown_norm: {norm!r} is one of {NORMS}")
+    return invalid_choice("norm", norm, NORMS)
 
 
 def check_norm(norm: str) -> str:

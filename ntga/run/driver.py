@@ -29,7 +29,7 @@ from ntga.errors import UserInputError
 from ntga.methods.base import MethodSpec, Protected, ProtectTask
 from ntga.poisondir import write_poison_dir
 from ntga.run.blocks import BlockRunner
-from ntga.run.fingerprint import finished_with_same_settings, run_fingerprint
+from ntga.run.fingerprint import array_sha256, finished_with_same_settings, run_fingerprint
 from ntga.run.fraction import check_fraction, select_protected
 from ntga.run.plan import parse_shard
 from ntga.run.workdir import WorkDir
@@ -254,28 +254,25 @@ def _passes(split: Split, spec: MethodSpec, rows: tuple[np.ndarray, np.ndarray, 
     rest = np.setdiff1d(np.arange(len(y)), positions)
     key = jax.random.key(seed)
 
-    def task(rows: np.ndarray, targets: np.ndarray | None) -> ProtectTask:
-        if targets is None:  # the split's held-out target set (none when it is protected too)
-            x_target, y_target = (None, None) if protect_targets else (split.x_target, split.y_target)
-        else:
-            x_target, y_target = x[targets], y[targets]
+    held_out = (split.x_target, split.y_target.astype(np.int64))
+
+    def task(rows: np.ndarray, x_target: np.ndarray | None, y_target: np.ndarray | None) -> ProtectTask:
         return ProtectTask(x=x[rows], y=y[rows], num_classes=k, x_rest=x[rest], y_rest=y[rest],
-                           x_target=x_target, y_target=None if y_target is None else y_target.astype(np.int64),
-                           progress=progress, class_names=names, source_indices=idx[rows].astype(np.int64))
+                           x_target=x_target, y_target=y_target, progress=progress, class_names=names,
+                           source_indices=idx[rows].astype(np.int64))
 
     if not (protect_targets and spec.uses_targets):
-        return [_Pass("", positions, task(positions, None), key)]
+        # One pass; with --protect-targets nothing is held out, so the method sees no target set.
+        return [_Pass("", positions, task(positions, *((None, None) if protect_targets else held_out)), key)]
     n_train = len(split.train_idx)
     first, second = positions[positions < n_train], positions[positions >= n_train]
-    # The first pass is the standard run: the training images against the held-out set.
-    standard = ProtectTask(x=x[first], y=y[first], num_classes=k, x_rest=x[rest], y_rest=y[rest],
-                           x_target=split.x_target, y_target=split.y_target.astype(np.int64), progress=progress,
-                           class_names=names, source_indices=idx[first].astype(np.int64))
     # The second pass's targets: clean originals of first-pass images (disjoint from the
     # target-set rows it protects), class-stratified, in the split's order.
     targets = stratified_subset(first, y[first], min(len(split.target_idx), len(first)), k)
-    return [_Pass("", first, standard, key),
-            _Pass(TARGET_PASS, second, task(second, targets), jax.random.fold_in(key, _TARGET_PASS_KEY), targets)]
+    # The first pass is the standard run: the training images against the held-out set.
+    return [_Pass("", first, task(first, *held_out), key),
+            _Pass(TARGET_PASS, second, task(second, x[targets], y[targets]),
+                  jax.random.fold_in(key, _TARGET_PASS_KEY), targets)]
 
 
 def _run_passes(passes: list[_Pass], spec: MethodSpec, configs: list[Any], work: WorkDir, resume: bool,
@@ -353,7 +350,7 @@ def _write(split: Split, spec: MethodSpec, configs: list[Any], out: Path, work: 
             # Settings resolved differently for this pass (e.g. a smaller block size).
             "settings": {k: v for k, v in dataclasses.asdict(c).items() if v != getattr(config, k)},
             "targets": f"clean originals of {len(p.targets)} first-pass rows (class-stratified)",
-            "target_rows_sha256": hashlib.sha256(np.ascontiguousarray(p.targets).tobytes()).hexdigest(),
+            "target_rows_sha256": array_sha256(p.targets),
             **result.info,
         }
     if spec.budget_norm is None:

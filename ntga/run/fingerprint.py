@@ -21,6 +21,11 @@ from ntga.poisondir import MANIFEST, read_poison_dir
 LATER_FIELDS = {"fraction": 1.0, "protect_targets": False}
 
 
+def array_sha256(a: np.ndarray) -> str:
+    """sha256 of an array's C-order bytes (dtype and shape are the caller's to record)."""
+    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+
+
 def run_fingerprint(method: str, settings: dict[str, Any], seed: int, fraction: float, split,
                     protect_targets: bool = False) -> dict[str, Any]:
     """The fingerprint of running ``method`` with resolved ``settings`` on ``split``."""
@@ -36,12 +41,10 @@ def data_fingerprint(split) -> dict[str, Any]:
     """
     import ntga
 
-    def digest(a: np.ndarray) -> str:
-        return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
-
     ds = split.dataset
     return {"dataset": ds.spec, "dataset_content_hash": ds.content_hash,
-            "train_indices_sha256": digest(split.train_idx), "target_indices_sha256": digest(split.target_idx),
+            "train_indices_sha256": array_sha256(split.train_idx),
+            "target_indices_sha256": array_sha256(split.target_idx),
             "ntga_version": ntga.__version__}
 
 
